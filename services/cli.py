@@ -1,13 +1,15 @@
 """The ``mrdiff`` command line.
 
 Each group of commands lives in ``services/commands/``; this module only assembles them and
-turns :class:`~services.recon.errors.InputError` into exit code 2 with a one-line message.
+turns bad input into exit code 2 with a one-line message instead of a traceback.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
+import click
 import typer
 
 from services.commands import register_all
@@ -23,13 +25,21 @@ app = typer.Typer(
 register_all(app)
 
 
-def main() -> None:
-    """Entry point that reports bad input as one line and exit code 2."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage errors and bad input exit 2 with one line, never a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command = typer.main.get_command(app)
     try:
-        app(standalone_mode=False)
-    except InputError as error:
-        typer.echo(f"error: {error}", err=True)
+        command.main(args=argv, prog_name="mrdiff", standalone_mode=False)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except (InputError, OSError) as error:
+        click.echo(f"error: {error}", err=True)
         sys.exit(2)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

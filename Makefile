@@ -1,0 +1,35 @@
+# The README's two commands are `make demo` and `make test`; everything else supports them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: demo test test-slow lint bench down clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev,train]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+## Set up, start the local stack (S3, Prefect, Ray, API) and run the demo job on sample data.
+demo: $(STAMP)
+	$(BIN)/mrdiff demo
+
+## Set up, then lint, type-check and run the default (fast) test suite.
+test: $(STAMP)
+	$(BIN)/ruff check services pipelines tests
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+## Long tests (training smoke runs, full-size sampling); not part of CI's default suite.
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow
+
+down: $(STAMP)
+	$(BIN)/mrdiff down
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

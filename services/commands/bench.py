@@ -1,0 +1,87 @@
+"""`mrdiff bench ...`: benchmark scripts that print tables (numbers go to BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.bench import recon as recon_bench
+from services.commands.recon import progress_bar
+from services.recon.engine import ReconEngine
+from services.recon.errors import InputError
+
+bench_app = typer.Typer(help="Benchmarks on held-out data; each prints a table.", no_args_is_help=True)
+COLUMNS = ("slices", "psnr", "psnr_head", "ssim", "nmse", "seconds", "spearman_head", "ause_head", "within_2std")
+
+
+def parse_settings(text: str) -> list[recon_bench.Setting]:
+    """``random1d:4,poisson2d:8`` -> settings."""
+    settings = []
+    for item in text.split(","):
+        mask, _, accel = item.partition(":")
+        try:
+            settings.append(recon_bench.Setting(mask.strip(), float(accel)))
+        except ValueError as error:
+            raise InputError(f"bad setting {item!r}; write MASK:ACCEL, e.g. random1d:4") from error
+    return settings
+
+
+def print_rows(rows: list[recon_bench.BenchRow], title: str) -> None:
+    table = Table(title=title)
+    for column in ("setting", "method", "subset", *COLUMNS):
+        table.add_column(column, justify="right")
+    for row in rows:
+        cells = [f"{row.values[c]:.4g}" if c in row.values else "-" for c in COLUMNS]
+        table.add_row(row.setting, row.method, row.subset, *cells)
+    Console(width=200).print(table)
+
+
+@bench_app.command("tune-cs")
+def tune_cs(
+    settings: Annotated[str, typer.Option(help="MASK:ACCEL list")] = "random1d:4,random1d:8,poisson2d:4,poisson2d:8",
+    max_slices: Annotated[int, typer.Option(help="validation slices used")] = 12,
+) -> None:
+    """Choose CS lambdas on the validation split (log grid, 100 iterations) and store them."""
+    chosen_settings = parse_settings(settings)
+    engine = ReconEngine()
+    runs = len(chosen_settings) * len(recon_bench.CS_METHODS) * len(recon_bench.LAMBDA_GRID) * max_slices
+    with progress_bar() as bar:
+        task = bar.add_task("CS lambda grid on validation", total=runs)
+        lambdas = recon_bench.tune_cs_lambdas(engine, chosen_settings, max_slices, lambda: bar.advance(task))
+    recon_bench.save_lambdas(lambdas)
+    typer.echo(json.dumps(lambdas, indent=2))
+    typer.echo(f"stored in {recon_bench.LAMBDA_FILE}")
+
+
+@bench_app.command("recon")
+def bench_recon(
+    methods: Annotated[str, typer.Option(help="comma-separated methods")] = "zero-filled,cs-l1,cs-tv,diffusion,diffusion-warm,diffusion-full",
+    settings: Annotated[str, typer.Option(help="MASK:ACCEL list")] = "random1d:4,random1d:8,poisson2d:4,poisson2d:8",
+    max_slices: Annotated[int | None, typer.Option(help="evaluation slices used (default all)")] = None,
+    full_schedule_slices: Annotated[int, typer.Option(help="slices for the full-schedule sampler")] = 4,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write rows as JSON")] = None,
+) -> None:
+    """Reconstruction quality and speed on the evaluation split (lambdas from validation)."""
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    if any(m in recon_bench.CS_METHODS for m in chosen) and not recon_bench.load_lambdas():
+        raise InputError("no CS lambdas chosen yet; run `mrdiff bench tune-cs` first")
+    engine = ReconEngine()
+    with progress_bar() as bar:
+        task = bar.add_task("evaluation split", total=None)
+        rows = recon_bench.bench_recon(
+            engine, chosen, parse_settings(settings), max_slices, full_schedule_slices,
+            lambda: bar.advance(task),
+        )
+    print_rows(rows, "mrdiff bench recon (evaluation split, single-coil simulated k-space)")
+    typer.echo(f"peak RSS: {recon_bench.peak_rss_mb():.0f} MB")
+    if json_out is not None:
+        json_out.write_text(json.dumps([row._asdict() for row in rows], indent=2) + "\n")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")
