@@ -113,7 +113,7 @@ class DiffusionSchedule:
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
     def predict_x0(self, x_t: Tensor, t: int | Tensor, eps: Tensor) -> Tensor:
-        """Clean image implied by a noise prediction: ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)``."""
+        """The clean image implied by ``eps``: ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)``."""
         abar = self.alpha_bar(t, x_t)
         return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 

@@ -1,0 +1,1 @@
+"""One router per resource: jobs, uploads, results, models, health, metrics, viewer, hooks."""

@@ -1,0 +1,146 @@
+"""`mrdiff train prior|export` and `mrdiff sample-prior`: train, ship and look at the prior."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from services.recon.errors import InputError
+from services.recon.io.png import write_png
+from services.recon.training import StepLog, export_weights, latest_checkpoint, train_prior
+
+train_app = typer.Typer(
+    help="Train the diffusion prior and export its weights. Research use only, not for diagnosis.",
+    no_args_is_help=True,
+)
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``"0-15"`` -> 0..15, ``"1,4,9"`` -> [1, 4, 9]; ranges and lists may be mixed."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in spec.split(",")):
+        matched = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if matched is None:
+            raise InputError(f"cannot read seeds {spec!r}; use e.g. 0-15 or 1,4,9")
+        low = int(matched.group(1))
+        high = int(matched.group(2)) if matched.group(2) is not None else low
+        if high < low:
+            raise InputError(f"seed range {part!r} runs backwards")
+        seeds.extend(range(low, high + 1))
+    return seeds
+
+
+@train_app.command("prior")
+def train_prior_command(
+    bank: Annotated[Path, typer.Option(help="slice bank folder (mrdiff data bank)")],
+    run: Annotated[Path, typer.Option(help="run folder: checkpoints and loss.csv")],
+    steps: Annotated[int, typer.Option(help="total optimisation steps of the run")],
+    batch: Annotated[int, typer.Option(help="images per step")] = 16,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 2e-4,
+    ema: Annotated[float, typer.Option(help="EMA decay of the exported weights")] = 0.999,
+    seed: Annotated[int, typer.Option(help="seed of data order, timesteps and noise")] = 0,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads (default $MRDIFF_TORCH_THREADS or all cores)")
+    ] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 250,
+    workers: Annotated[int, typer.Option(help="data-loading worker processes (0 or 1)")] = 1,
+) -> None:
+    """Train the prior, resuming from the run's latest checkpoint if there is one."""
+    previous = latest_checkpoint(run)
+    if previous is not None:
+        typer.echo(f"resuming from {previous}")
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        "loss {task.fields[loss]}",
+        "{task.fields[rate]}",
+    ) as bar:
+        task = bar.add_task("training prior", total=steps, loss="-", rate="")
+
+        def show(entry: StepLog) -> None:
+            bar.update(
+                task,
+                completed=entry.step,
+                loss=f"{entry.loss:.4f}",
+                rate=f"{entry.seconds:.2f} s/step",
+            )
+
+        result = train_prior(
+            bank,
+            run,
+            steps,
+            batch=batch,
+            lr=lr,
+            ema=ema,
+            seed=seed,
+            threads=threads,
+            checkpoint_every=checkpoint_every,
+            workers=workers,
+            on_step=show,
+        )
+    speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""
+    typer.echo(f"run {run} at step {result.step}/{steps}{speed}; checkpoint {result.checkpoint}")
+
+
+@train_app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Option(help="run folder to export from")],
+    out: Annotated[Path, typer.Option(help="weights file to write")] = Path(
+        "services/recon/weights/prior.pt"
+    ),
+    name: Annotated[str | None, typer.Option(help="model name stored in the file")] = None,
+) -> None:
+    """Write the EMA weights of the run's latest checkpoint (with a .sha256 beside it)."""
+    exported = export_weights(run, out, name=name)
+    typer.echo(
+        f"wrote {exported.path} (step {exported.step}, {exported.size_bytes / 1e6:.1f} MB, "
+        f"sha256 {exported.sha256})"
+    )
+
+
+def magnitude_grid(images: np.ndarray, columns: int = 4, gap: int = 2) -> np.ndarray:
+    """Tile the magnitudes of complex images (S, H, W), each scaled to its 99.5th percentile."""
+    count, height, width = images.shape
+    rows = -(-count // columns)
+    grid = np.zeros((rows * (height + gap) - gap, columns * (width + gap) - gap), np.float32)
+    for index, image in enumerate(np.abs(images)):
+        top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
+        grid[top : top + height, left : left + width] = image / max(
+            float(np.percentile(image, 99.5)), 1e-12
+        )
+    return np.clip(grid, 0.0, 1.0)
+
+
+def sample_prior_command(
+    out: Annotated[Path, typer.Option("--out", help="PNG grid to write")],
+    seeds: Annotated[str, typer.Option(help="one sample per seed: 0-15 or 1,4,9")] = "0-15",
+    weights: Annotated[Path | None, typer.Option(help="prior weights file")] = None,
+    steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
+    size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
+) -> None:
+    """Draw unconditional samples from the prior (DDIM, eta 0) as a magnitude grid PNG."""
+    from services.recon.prior import load_prior
+    from services.recon.sampler import sample_unconditional
+
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists; pass --overwrite to replace it")
+    seed_list = parse_seeds(seeds)
+    prior = load_prior(weights)
+    images = sample_unconditional(prior, seed_list, steps=steps, shape=(size, size))
+    footer = f"{prior.name}, unconditional DDIM {steps} steps, seeds {seeds}"
+    write_png(out, magnitude_grid(images), window=(0.0, 1.0), footer=footer, overwrite=overwrite)
+    typer.echo(f"wrote {out} ({len(seed_list)} samples of {prior.name}, {steps} DDIM steps)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train prior`, `train export` and `sample-prior`."""
+    app.add_typer(train_app, name="train")
+    app.command("sample-prior")(sample_prior_command)

@@ -1,0 +1,295 @@
+"""Anomaly maps: classifier-guided DDIM "healthy" reconstructions, and two baselines.
+
+Wolleb et al., "Diffusion Models for Medical Anomaly Detection" (MICCAI 2022): encode the image
+deterministically with DDIM (Song et al., ICLR 2021) to noise level ``L``, then decode with
+DDIM while a noise-aware classifier pulls every step toward "healthy" (classifier guidance,
+Dhariwal & Nichol, NeurIPS 2021: ``eps <- eps - s sqrt(1 - abar_t) grad log p(healthy | x_t)``).
+What the decoder changes is what looked abnormal: ``anomaly_map = |input - healthy|`` (lightly
+smoothed), and ``anomaly_mask`` is the map above its Otsu threshold inside the head.
+
+Three methods share one interface (:class:`AnomalyDetector`):
+
+- ``guided``: the method above;
+- ``unguided``: the same encode/decode with ``s = 0`` (the diffusion model alone; its own ``L``);
+- ``zscore``: global intensity z-score inside the head (``healthy`` is the head's mean there).
+
+Magnitude images go to the prior as complex images with zero phase, scaled so the 99th
+percentile magnitude is 1 (the prior's convention); outputs are in the input's units. The
+encode/decode is deterministic (``eta = 0``), so the map depends on the image and the models
+only; the seed is carried for the record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+from torch import Tensor
+
+from services.recon.classifier import (
+    LoadedClassifier,
+    log_prob_healthy,
+    prior_input_from_magnitude,
+)
+from services.recon.diffusion import CLEAN, DiffusionSchedule, space_timesteps, step_pairs
+from services.recon.errors import InputError
+from services.recon.metrics import foreground_mask
+from services.recon.prior import LoadedPrior
+from services.recon.unet import crop_to, pad_to_multiple
+
+METHODS = ("guided", "unguided", "zscore")
+RESEARCH_USE_ONLY = "research use only, not for diagnosis"
+
+EpsModel = Callable[[Tensor, Tensor], Tensor]
+Guidance = Callable[[Tensor, int], Tensor]
+"""``(x_t, t) -> grad_x log p(healthy | x_t, t)`` (already multiplied by the scale ``s``)."""
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """Knobs of the anomaly map; defaults are chosen on the validation split (bench anomaly)."""
+
+    method: str = "guided"
+    noise_level: int = 500
+    steps: int = 25
+    scale: float = 100.0
+    smoothing_px: float = 1.0
+    seed: int = 0
+    bf16: bool = True
+
+    def validated(self, num_timesteps: int | None = None) -> AnomalyConfig:
+        """Return self, or raise :class:`InputError` naming the first bad knob."""
+        if self.method not in METHODS:
+            raise InputError(f"unknown anomaly method {self.method!r}; choose {', '.join(METHODS)}")
+        if num_timesteps is not None and not 0 < self.noise_level < num_timesteps:
+            raise InputError(f"noise level L must be in [1, {num_timesteps - 1}], got {self.noise_level}")
+        if self.steps < 1:
+            raise InputError(f"steps must be at least 1, got {self.steps}")
+        if self.scale < 0:
+            raise InputError(f"guidance scale s must be non-negative, got {self.scale}")
+        if self.smoothing_px < 0:
+            raise InputError(f"smoothing must be non-negative, got {self.smoothing_px}")
+        return self
+
+
+class AnomalyResult(NamedTuple):
+    """One slice's anomaly map, its healthy version and the Otsu mask (input's shape and units)."""
+
+    anomaly_map: np.ndarray
+    healthy: np.ndarray
+    anomaly_mask: np.ndarray
+    seconds: float
+
+
+def ddim_encode(
+    eps_model: EpsModel, schedule: DiffusionSchedule, x0: Tensor, timesteps: list[int]
+) -> Tensor:
+    """Deterministic DDIM encoding of ``x0`` up through ascending ``timesteps`` (to the last)."""
+    x = x0
+    previous = CLEAN
+    for t in timesteps:
+        eps = eps_model(x, _timestep_batch(max(previous, 0), x))
+        x = schedule.ddim_reverse_step(x, eps, previous, t)
+        previous = t
+    return x
+
+
+def ddim_decode(
+    eps_model: EpsModel,
+    schedule: DiffusionSchedule,
+    x_t: Tensor,
+    timesteps: list[int],
+    guidance: Guidance | None = None,
+) -> Tensor:
+    """Deterministic DDIM decoding from the last of ``timesteps`` to the clean image.
+
+    With ``guidance`` each noise prediction is shifted by ``-sqrt(1 - abar_t) * guidance`` (the
+    score of the classifier, Dhariwal & Nichol 2021, Algorithm 2).
+    """
+    x = x_t
+    for t, t_prev in step_pairs(timesteps):
+        with torch.no_grad():
+            eps = eps_model(x, _timestep_batch(t, x))
+        if guidance is not None:
+            eps = eps - (1 - schedule.alpha_bar(t, x)).sqrt() * guidance(x, t)
+        x = schedule.ddim_step(x, eps, t, t_prev)
+    return x
+
+
+def _timestep_batch(t: int, like: Tensor) -> Tensor:
+    return torch.full((like.shape[0],), t, dtype=torch.long, device=like.device)
+
+
+def otsu_mask(anomaly_map: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """``anomaly_map > Otsu threshold`` of its values inside ``head``; empty when flat."""
+    values = anomaly_map[head]
+    if values.size == 0 or float(values.max()) <= float(values.min()):
+        return np.zeros(anomaly_map.shape, dtype=bool)
+    return (anomaly_map > threshold_otsu(values)) & head
+
+
+def zscore_map(magnitude: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Global intensity outlier map: ``|m - mean| / std`` over the head (zero outside).
+
+    Returns (map, healthy) where ``healthy`` is the head's mean inside the head and the input
+    outside, so ``map = |input - healthy| / std``.
+    """
+    if not head.any():
+        return np.zeros_like(magnitude), magnitude.copy()
+    mean = float(magnitude[head].mean())
+    std = max(float(magnitude[head].std()), 1e-12)
+    healthy = np.where(head, mean, magnitude)
+    return np.abs(magnitude - healthy) / std, healthy
+
+
+class AnomalyDetector:
+    """Anomaly maps of magnitude slices with one of :data:`METHODS` (see module docstring)."""
+
+    def __init__(
+        self,
+        prior: LoadedPrior | None,
+        classifier: LoadedClassifier | None,
+        config: AnomalyConfig | None = None,
+    ) -> None:
+        self.config = config or AnomalyConfig()
+        num_timesteps = prior.schedule.num_timesteps if prior is not None else None
+        self.config.validated(num_timesteps)
+        if self.config.method != "zscore" and prior is None:
+            raise InputError(f"anomaly method {self.config.method!r} needs the diffusion prior")
+        if self.config.method == "guided":
+            if classifier is None:
+                raise InputError("guided anomaly maps need the classifier weights")
+            assert prior is not None
+            if classifier.schedule.to_dict() != prior.schedule.to_dict():
+                raise InputError("classifier and prior were trained with different noise schedules")
+        self.prior = prior
+        self.classifier = classifier
+
+    def model_versions(self) -> dict[str, str]:
+        """Name -> sha256 of the models this method uses."""
+        versions: dict[str, str] = {}
+        if self.config.method != "zscore" and self.prior is not None:
+            versions[self.prior.name] = self.prior.sha256
+        if self.config.method == "guided" and self.classifier is not None:
+            versions[self.classifier.name] = self.classifier.sha256
+        return versions
+
+    def attributes(self) -> dict[str, object]:
+        """What an output file records about how its maps were made."""
+        cfg = self.config
+        attrs: dict[str, object] = {
+            "anomaly_method": cfg.method,
+            "anomaly_seed": cfg.seed,
+            "anomaly_smoothing_px": cfg.smoothing_px,
+            "research_use_only": RESEARCH_USE_ONLY,
+        }
+        if cfg.method != "zscore":
+            attrs.update(anomaly_L=cfg.noise_level, anomaly_steps=cfg.steps)
+            attrs.update(anomaly_s=cfg.scale if cfg.method == "guided" else 0.0)
+        if self.prior is not None and cfg.method != "zscore":
+            attrs.update(prior_model=self.prior.name, prior_sha256=self.prior.sha256)
+        if self.classifier is not None and cfg.method == "guided":
+            attrs.update(
+                classifier_model=self.classifier.name, classifier_sha256=self.classifier.sha256
+            )
+        return attrs
+
+    def detect(self, image: np.ndarray) -> AnomalyResult:
+        """Anomaly map of one magnitude slice ``(H, W)``."""
+        return self.detect_batch(np.asarray(image)[None])[0]
+
+    def detect_batch(self, images: np.ndarray) -> list[AnomalyResult]:
+        """Anomaly maps of same-sized magnitude slices ``(B, H, W)``, run in one batch."""
+        started = time.perf_counter()
+        magnitudes = _validated_magnitudes(images)
+        heads = np.stack([foreground_mask(m) for m in magnitudes])
+        if self.config.method == "zscore":
+            pairs = [zscore_map(m, h) for m, h in zip(magnitudes, heads, strict=True)]
+            maps = np.stack([p[0] for p in pairs])
+            healthy = np.stack([p[1] for p in pairs])
+        else:
+            healthy = self.healthy_batch(magnitudes)
+            maps = np.abs(magnitudes - healthy)
+        if self.config.smoothing_px > 0:
+            sigma = self.config.smoothing_px * magnitudes.shape[-1] / 128.0
+            maps = np.stack([ndimage.gaussian_filter(m, sigma) for m in maps])
+        seconds = (time.perf_counter() - started) / len(magnitudes)
+        return [
+            AnomalyResult(
+                anomaly_map=maps[i].astype(np.float32),
+                healthy=healthy[i].astype(np.float32),
+                anomaly_mask=otsu_mask(maps[i], heads[i]),
+                seconds=seconds,
+            )
+            for i in range(len(magnitudes))
+        ]
+
+    def healthy_batch(self, magnitudes: np.ndarray) -> np.ndarray:
+        """Healthy versions of magnitude slices ``(B, H, W)``: DDIM encode to L, (guided) decode."""
+        assert self.prior is not None
+        prior, cfg = self.prior, self.config
+        device = prior.device
+        magnitude = torch.from_numpy(magnitudes.astype(np.float32)).to(device)
+        x0, scale = prior_input_from_magnitude(magnitude)
+        x0, offset = pad_to_multiple(x0, prior.config.size_multiple)
+        timesteps = space_timesteps(prior.schedule.num_timesteps, cfg.steps + 1, cfg.noise_level)
+        timesteps = [t for t in timesteps if t > 0] or [cfg.noise_level]
+        eps_model = self._eps_model()
+        guidance = self._guidance() if cfg.method == "guided" and cfg.scale > 0 else None
+        with torch.no_grad():
+            x_t = ddim_encode(eps_model, prior.schedule, x0, timesteps)
+        decoded = ddim_decode(eps_model, prior.schedule, x_t, timesteps, guidance)
+        decoded = crop_to(decoded, offset, magnitudes.shape[-2:])
+        healthy = decoded.float().pow(2).sum(dim=1).sqrt() * scale[:, None, None]
+        return healthy.detach().cpu().numpy()
+
+    def _autocast(self, device: torch.device) -> torch.autocast:
+        enabled = self.config.bf16 and device.type in ("cpu", "cuda")
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _eps_model(self) -> EpsModel:
+        assert self.prior is not None
+        model = self.prior.model
+
+        def eps(x: Tensor, t: Tensor) -> Tensor:
+            with self._autocast(x.device):
+                out = model(x.contiguous(memory_format=torch.channels_last), t)
+            return out.float()
+
+        return eps
+
+    def _guidance(self) -> Guidance:
+        assert self.classifier is not None
+        classifier = self.classifier.model
+        scale = self.config.scale
+
+        def grad_log_healthy(x: Tensor, t: int) -> Tensor:
+            with torch.enable_grad():
+                x_in = x.detach().requires_grad_(True)
+                with self._autocast(x.device):
+                    log_p = log_prob_healthy(classifier, x_in, _timestep_batch(t, x))
+                (gradient,) = torch.autograd.grad(log_p.sum(), x_in)
+            return scale * gradient.float()
+
+        return grad_log_healthy
+
+
+def _validated_magnitudes(images: np.ndarray) -> np.ndarray:
+    """Float64 magnitudes ``(B, H, W)`` or :class:`InputError` naming what is wrong."""
+    array = np.asarray(images)
+    if array.ndim != 3:
+        raise InputError(f"anomaly maps take (H, W) slices, got shape {array.shape[1:]}")
+    if min(array.shape[-2:]) < 16:
+        raise InputError(f"slice {array.shape[-2:]} is too small for an anomaly map (min 16)")
+    magnitudes = np.abs(array).astype(np.float64)
+    if not np.isfinite(magnitudes).all():
+        raise InputError("image contains NaN or infinite values")
+    if not (magnitudes.reshape(len(magnitudes), -1).max(axis=1) > 0).all():
+        raise InputError("image is all zeros")
+    return magnitudes

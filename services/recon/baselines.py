@@ -1,0 +1,175 @@
+"""Classical baselines: zero-filled and compressed sensing (sigpy), one interface for all.
+
+Single coil: ``kspace`` (H, W), ``maps=None``. Multi-coil: ``kspace`` (C, H, W) with ``maps``
+(C, H, W) normalised to unit sum of squares; when maps are not given they are estimated with
+ESPIRiT from the k-space centre. Every baseline returns a complex64 (H, W) image in the units of
+the zero-filled image, ``A^H y`` (single coil: ``F^H M y``; multi-coil: the SENSE combination of
+the zero-filled coil images, which has the root-sum-of-squares scale).
+
+Compressed sensing (Lustig, Donoho and Pauly, "Sparse MRI", MRM 2007) solves
+``min_x 1/2 ||M F S x - y||^2 + lam_abs R(x)`` with ``R`` the l1 norm of db4 wavelet
+coefficients (:func:`cs_l1_wavelet`) or total variation (:func:`cs_tv`; Block, Uecker and
+Frahm, MRM 2007), through ``sigpy.mri.app.L1WaveletRecon`` / ``TotalVariationRecon`` with
+``weights = mask``. ``lam`` is RELATIVE: ``lam_abs = lam * max|zero-filled|``. The objective is
+then invariant to the data scale (scaling ``y`` by ``a`` scales the solution by ``a``), so one
+log grid of ``lam`` (:data:`LAMBDA_GRID`) is meaningful across scanners and normalisations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import sigpy
+import sigpy.mri.app
+
+from services.recon.coils import espirit_maps
+from services.recon.errors import InputError
+from services.recon.physics import sense_adjoint, single_coil_adjoint
+
+BaselineFunction = Callable[..., np.ndarray]
+
+LAMBDA_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+DEFAULT_LAMBDA = {"cs-l1": 3e-3, "cs-tv": 1e-2}
+DEFAULT_MAX_ITER = 100
+
+
+def _validated(
+    kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Check shapes/dtypes and return complex64 k-space, bool mask (H, W), maps (or None)."""
+    kspace = np.asarray(kspace)
+    mask = np.asarray(mask)
+    if not np.iscomplexobj(kspace):
+        raise InputError(f"k-space must be complex, got dtype {kspace.dtype}")
+    if kspace.ndim not in (2, 3):
+        raise InputError(f"k-space must be (H, W) or (C, H, W), got shape {kspace.shape}")
+    if not np.isfinite(kspace).all():
+        raise InputError("k-space contains NaN or infinite values")
+    if mask.shape != kspace.shape[-2:]:
+        raise InputError(f"mask shape {mask.shape} does not match k-space {kspace.shape[-2:]}")
+    if not np.isin(mask, (0, 1)).all():
+        raise InputError("mask must be boolean or 0/1")
+    mask = mask.astype(bool)
+    if not mask.any():
+        raise InputError("mask samples nothing")
+    if kspace.ndim == 2 and maps is not None:
+        raise InputError("single-coil k-space (H, W) takes no coil maps")
+    if maps is not None:
+        maps = np.asarray(maps)
+        if maps.shape != kspace.shape:
+            raise InputError(f"coil maps shape {maps.shape} does not match k-space {kspace.shape}")
+        if not np.isfinite(maps).all():
+            raise InputError("coil maps contain NaN or infinite values")
+        maps = maps.astype(np.complex64)
+    elif kspace.ndim == 3:
+        maps = espirit_maps(kspace * mask)
+    return (kspace * mask).astype(np.complex64), mask, maps
+
+
+def _zero_filled(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray | None) -> np.ndarray:
+    if maps is None:
+        return single_coil_adjoint(kspace, mask).astype(np.complex64)
+    return sense_adjoint(kspace, maps, mask).astype(np.complex64)
+
+
+def zero_filled(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray | None = None) -> np.ndarray:
+    """Zero-filled reconstruction ``A^H y``, complex64 (H, W).
+
+    Multi-coil: SENSE-combined adjoint with (given or ESPIRiT) maps, so it has the RSS scale.
+    """
+    kspace, mask, maps = _validated(kspace, mask, maps)
+    return _zero_filled(kspace, mask, maps)
+
+
+def _sigpy_problem(kspace: np.ndarray, maps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """sigpy always works with coils: single coil is one coil with a map of ones."""
+    if maps is None:
+        return kspace[None], np.ones((1, *kspace.shape), dtype=np.complex64)
+    return kspace, maps
+
+
+def _absolute_lambda(
+    lam: float, kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray | None
+) -> float:
+    if not (np.isfinite(lam) and lam >= 0):
+        raise InputError(f"lam must be a finite non-negative number, got {lam}")
+    return float(lam) * float(np.abs(_zero_filled(kspace, mask, maps)).max())
+
+
+def _check_iterations(max_iter: int) -> None:
+    if max_iter < 1:
+        raise InputError(f"max_iter must be >= 1, got {max_iter}")
+
+
+def cs_l1_wavelet(
+    kspace: np.ndarray,
+    mask: np.ndarray,
+    lam: float,
+    maps: np.ndarray | None = None,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> np.ndarray:
+    """l1-wavelet (db4) compressed sensing via sigpy; ``lam`` relative to max|zero-filled|."""
+    kspace, mask, maps = _validated(kspace, mask, maps)
+    _check_iterations(max_iter)
+    absolute = _absolute_lambda(lam, kspace, mask, maps)
+    y, coil_maps = _sigpy_problem(kspace, maps)
+    image = sigpy.mri.app.L1WaveletRecon(
+        y,
+        coil_maps,
+        absolute,
+        weights=mask.astype(np.float32),
+        max_iter=max_iter,
+        show_pbar=False,
+    ).run()
+    return np.asarray(sigpy.to_device(image, sigpy.cpu_device), dtype=np.complex64)
+
+
+def cs_tv(
+    kspace: np.ndarray,
+    mask: np.ndarray,
+    lam: float,
+    maps: np.ndarray | None = None,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> np.ndarray:
+    """Total-variation compressed sensing via sigpy; ``lam`` relative to max|zero-filled|."""
+    kspace, mask, maps = _validated(kspace, mask, maps)
+    _check_iterations(max_iter)
+    absolute = _absolute_lambda(lam, kspace, mask, maps)
+    y, coil_maps = _sigpy_problem(kspace, maps)
+    image = sigpy.mri.app.TotalVariationRecon(
+        y,
+        coil_maps,
+        absolute,
+        weights=mask.astype(np.float32),
+        max_iter=max_iter,
+        show_pbar=False,
+    ).run()
+    return np.asarray(sigpy.to_device(image, sigpy.cpu_device), dtype=np.complex64)
+
+
+BASELINES: dict[str, BaselineFunction] = {
+    "zero-filled": zero_filled,
+    "cs-l1": cs_l1_wavelet,
+    "cs-tv": cs_tv,
+}
+
+
+def run_baseline(
+    name: str,
+    kspace: np.ndarray,
+    mask: np.ndarray,
+    maps: np.ndarray | None = None,
+    lam: float | None = None,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> np.ndarray:
+    """Run baseline ``name`` with one call shape for all; ``lam=None`` uses :data:`DEFAULT_LAMBDA`.
+
+    ``lam`` and ``max_iter`` are ignored by "zero-filled", which has no parameters.
+    """
+    if name not in BASELINES:
+        raise InputError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
+    if name == "zero-filled":
+        return zero_filled(kspace, mask, maps)
+    chosen = DEFAULT_LAMBDA[name] if lam is None else lam
+    return BASELINES[name](kspace, mask, chosen, maps=maps, max_iter=max_iter)

@@ -1,0 +1,448 @@
+"""Training the noise-aware healthy-vs-lesion classifier used for anomaly maps.
+
+Wolleb et al. (MICCAI 2022) train the classifier of classifier guidance on noised images
+``x_t`` of both classes at all noise levels (``t`` uniform), with the diffusion model's own
+schedule. Here every batch holds pairs: a healthy training slice and the same slice with a lesion
+of :data:`~services.recon.data.lesions.TRAINING_FAMILY`, noised to the same ``t`` with the same
+noise, so the only thing that tells the two apart is the lesion. Inputs follow the anomaly maps'
+convention: magnitude with zero phase, 99th percentile 1
+(:func:`services.recon.classifier.prior_input_from_magnitude`).
+
+Conventions mirror :mod:`services.recon.training` (whose helpers are reused): the batch of step
+``k`` is a function of ``(seed, k)``, so a resumed run takes the same steps; atomic checkpoints
+of model, EMA, optimiser, RNG and configuration in ``run_dir/checkpoints``; ``loss.csv``; bf16
+autocast and channels_last on CPU; export of the EMA weights with a ``.sha256`` sidecar.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from services.recon.classifier import (
+    DEFAULT_WEIGHTS,
+    INPUT_CONVENTION,
+    WEIGHTS_FORMAT,
+    WEIGHTS_FORMAT_VERSION,
+    ClassifierConfig,
+    NoiseAwareClassifier,
+    prior_input_from_magnitude,
+)
+from services.recon.data.lesions import TRAINING_FAMILY, LesionFamily, insert_lesion
+from services.recon.diffusion import DiffusionSchedule
+from services.recon.errors import InputError
+from services.recon.metrics import auroc
+from services.recon.prior import RESEARCH_USE_ONLY, pick_device, sha256_of
+from services.recon.training import (
+    CHECKPOINT_DIR,
+    LOSS_LOG,
+    ExportedWeights,
+    StepLog,
+    TrainResult,
+    TrainSettings,
+    _atomic_torch_save,
+    _autocast,
+    _ema_decay,
+    _prune_checkpoints,
+    _step_generator,
+    _truncate_loss_log,
+    default_threads,
+    latest_checkpoint,
+    open_bank,
+    update_ema,
+)
+
+DEFAULT_CONFIG = ClassifierConfig(channels=(16, 32, 64, 128))
+HEALTHY_ONLY = -1
+"""Lesion seed meaning "leave the slice healthy"."""
+ACCURACY_TIMESTEPS = (0, 50, 100, 200, 300, 400, 500, 600, 800, 999)
+
+
+class LabelledSlice(NamedTuple):
+    """A classifier input ``(2, H, W)`` (zero phase, p99 = 1) and its label (1 = lesion)."""
+
+    image: Tensor
+    label: int
+
+
+class LesionPairs(Dataset[LabelledSlice]):
+    """Healthy slices of a bank, with or without a painted lesion, as classifier inputs.
+
+    Indexed by ``(slice_index, lesion_seed)``; ``lesion_seed`` :data:`HEALTHY_ONLY` keeps the
+    slice healthy. A slice with too little brain for a lesion stays healthy and says so in its
+    label, so labels are always true.
+    """
+
+    def __init__(self, healthy: Dataset[Tensor], family: LesionFamily = TRAINING_FAMILY) -> None:
+        self.healthy = healthy
+        self.family = family
+
+    def __len__(self) -> int:
+        return len(self.healthy)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> LabelledSlice:  # type: ignore[override]
+        index, lesion_seed = key
+        complex_slice = self.healthy[index]
+        magnitude = torch.linalg.vector_norm(complex_slice.float(), dim=0).numpy()
+        label = 0
+        if lesion_seed != HEALTHY_ONLY:
+            try:
+                magnitude = insert_lesion(magnitude, lesion_seed, self.family).image
+                label = 1
+            except InputError:
+                label = 0
+        x0, _ = prior_input_from_magnitude(torch.from_numpy(np.ascontiguousarray(magnitude))[None])
+        return LabelledSlice(x0[0], label)
+
+
+class PairedStepSampler(Sampler[list[tuple[int, int]]]):
+    """Keys for steps ``first_step .. last_step - 1``: ``batch // 2`` slices, each twice.
+
+    Each chosen slice appears healthy and with a lesion whose seed comes from ``(seed, step)``.
+    """
+
+    def __init__(self, size: int, batch: int, seed: int, first_step: int, last_step: int) -> None:
+        if batch < 2 or batch % 2:
+            raise InputError(f"classifier batch must be an even number >= 2, got {batch}")
+        self.size, self.batch, self.seed = size, batch, seed
+        self.first_step, self.last_step = first_step, last_step
+
+    def __len__(self) -> int:
+        return max(0, self.last_step - self.first_step)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.first_step, self.last_step):
+            generator = _step_generator(self.seed, step)
+            indices = torch.randint(self.size, (self.batch // 2,), generator=generator).tolist()
+            seeds = torch.randint(2**31 - 1, (self.batch // 2,), generator=generator).tolist()
+            keys: list[tuple[int, int]] = []
+            for index, lesion_seed in zip(indices, seeds, strict=True):
+                keys += [(index, HEALTHY_ONLY), (index, lesion_seed)]
+            yield keys
+
+
+def classifier_loss(
+    model: NoiseAwareClassifier,
+    schedule: DiffusionSchedule,
+    x0: Tensor,
+    labels: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    bf16: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Binary cross-entropy of the lesion logit on ``x_t``; returns (loss, logits) in float32."""
+    x_t = schedule.q_sample(x0, t, noise).contiguous(memory_format=torch.channels_last)
+    with _autocast(x0.device, bf16):
+        logits = model.lesion_logit(x_t, t)
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, labels.float()), logits
+
+
+def paired_noise(
+    batch: int, shape: Sequence[int], num_timesteps: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Timesteps ``(B,)`` and noise ``(B, *shape)``, equal within each (healthy, lesion) pair."""
+    t = torch.randint(num_timesteps, (batch // 2,), generator=generator).repeat_interleave(2)
+    noise = torch.randn((batch // 2, *shape), generator=generator).repeat_interleave(2, dim=0)
+    return t, noise
+
+
+class _ClassifierRun:
+    """Model, EMA, optimiser and step of a classifier run, with checkpoint save/load."""
+
+    def __init__(
+        self, config: ClassifierConfig, settings: TrainSettings, device: torch.device
+    ) -> None:
+        torch.manual_seed(settings.seed)
+        self.config = config
+        self.model = NoiseAwareClassifier(config).to(device, memory_format=torch.channels_last)
+        self.ema_model = NoiseAwareClassifier(config).to(device, memory_format=torch.channels_last)
+        self.ema_model.load_state_dict(self.model.state_dict())
+        self.ema_model.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+        self.step = 0
+
+    def save(self, path: Path, settings: TrainSettings, schedule: DiffusionSchedule) -> None:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        _atomic_torch_save(
+            {
+                "kind": "classifier",
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "ema": self.ema_model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": rng,
+                "classifier_config": self.config.to_dict(),
+                "settings": asdict(settings),
+                "schedule": schedule.to_dict(),
+            },
+            path,
+        )
+
+    def load(self, payload: dict[str, Any], lr: float) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.ema_model.load_state_dict(payload["ema"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.step = int(payload["step"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+
+
+def read_classifier_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a classifier training checkpoint on the CPU."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise InputError(f"checkpoint {path} is unreadable: {error}") from error
+    if not isinstance(payload, dict) or "classifier_config" not in payload or "ema" not in payload:
+        raise InputError(f"{path} is not an mrdiff classifier checkpoint")
+    return payload
+
+
+def iter_train_classifier(
+    healthy: Dataset[Tensor],
+    run_dir: str | Path,
+    settings: TrainSettings,
+    config: ClassifierConfig | None = None,
+    resume: bool = True,
+    threads: int | None = None,
+    device: str | torch.device | None = None,
+) -> Iterator[StepLog]:
+    """Train until ``settings.steps`` total steps, yielding a :class:`StepLog` per step.
+
+    ``healthy`` yields float32 ``(2, H, W)`` lesion-free slices (a slice bank). With ``resume``
+    the latest checkpoint in ``run_dir`` continues (its architecture wins; a conflicting
+    ``config`` is an error); without it a run folder holding checkpoints is refused.
+    """
+    settings.validate()
+    run_path = Path(run_dir)
+    torch.set_num_threads(threads or default_threads())
+    target = pick_device(device)
+    schedule = DiffusionSchedule.cosine()
+    latest = latest_checkpoint(run_path)
+    payload: dict[str, Any] | None = None
+    if latest is not None:
+        if not resume:
+            raise InputError(f"{run_path} already holds checkpoints; resume it or use a new run")
+        payload = read_classifier_checkpoint(latest)
+        saved = ClassifierConfig.from_dict(payload["classifier_config"])
+        if config is not None and config != saved:
+            raise InputError(f"classifier config differs from the checkpoint in {run_path}")
+        config = saved
+    state = _ClassifierRun(config or DEFAULT_CONFIG, settings, target)
+    if payload is not None:
+        state.load(payload, settings.lr)
+    pairs = LesionPairs(healthy)
+    if len(pairs) == 0:
+        raise InputError("training set is empty")
+    run_path.mkdir(parents=True, exist_ok=True)
+    log_path = run_path / LOSS_LOG
+    _truncate_loss_log(log_path, state.step)
+    if state.step >= settings.steps:
+        return
+    loader = DataLoader(
+        pairs,
+        batch_sampler=PairedStepSampler(
+            len(pairs), settings.batch, settings.seed, state.step, settings.steps
+        ),
+        num_workers=settings.workers,
+        persistent_workers=False,
+    )
+    new_log = not log_path.is_file()
+    with log_path.open("a", newline="") as log_handle:
+        log = csv.writer(log_handle)
+        if new_log:
+            log.writerow(["step", "loss", "seconds", "accuracy"])
+        state.model.train()
+        started = time.perf_counter()
+        for images, labels in loader:
+            generator = _step_generator(settings.seed + 1, state.step)
+            t, noise = paired_noise(len(labels), images.shape[1:], schedule.num_timesteps, generator)
+            images, labels = images.to(target), labels.to(target)
+            loss, logits = classifier_loss(
+                state.model, schedule, images, labels, t.to(target), noise.to(target), settings.bf16
+            )
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            if settings.grad_clip > 0:
+                nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
+            state.optimizer.step()
+            update_ema(state.ema_model, state.model, _ema_decay(settings.ema, state.step))
+            state.step += 1
+            loss_value = float(loss.detach())
+            if not np.isfinite(loss_value):
+                raise RuntimeError(f"classifier training diverged at step {state.step}")
+            accuracy = float(((logits.detach() > 0).long() == labels).float().mean())
+            now = time.perf_counter()
+            seconds, started = now - started, now
+            log.writerow([state.step, f"{loss_value:.6f}", f"{seconds:.3f}", f"{accuracy:.3f}"])
+            log_handle.flush()
+            if state.step % settings.checkpoint_every == 0 or state.step == settings.steps:
+                path = run_path / CHECKPOINT_DIR / f"step_{state.step:08d}.pt"
+                state.save(path, settings, schedule)
+                _prune_checkpoints(run_path, settings.keep_checkpoints)
+            yield StepLog(state.step, settings.steps, loss_value, seconds)
+
+
+def train_classifier(
+    bank: str | Path | Dataset[Tensor],
+    run_dir: str | Path,
+    steps: int,
+    batch: int = 16,
+    lr: float = 3e-4,
+    weight_decay: float = 0.05,
+    ema: float = 0.999,
+    seed: int = 0,
+    resume: bool = True,
+    threads: int | None = 1,
+    checkpoint_every: int = 200,
+    workers: int = 0,
+    bf16: bool = True,
+    device: str | torch.device | None = None,
+    config: ClassifierConfig | None = None,
+    on_step: Callable[[StepLog], None] | None = None,
+) -> TrainResult:
+    """Train (or continue) the classifier in ``run_dir`` up to ``steps`` total steps.
+
+    ``bank`` is a slice-bank folder (:class:`services.recon.data.bank.SliceBank`) or any Dataset
+    of float32 ``(2, H, W)`` healthy slices. Defaults to one torch thread: the prior trains on
+    the same cores.
+    """
+    dataset = bank if isinstance(bank, Dataset) else open_bank(bank)
+    settings = TrainSettings(
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        ema=ema,
+        seed=seed,
+        weight_decay=weight_decay,
+        checkpoint_every=checkpoint_every,
+        workers=workers,
+        bf16=bf16,
+    )
+    last: StepLog | None = None
+    durations: list[float] = []
+    for entry in iter_train_classifier(dataset, run_dir, settings, config, resume, threads, device):
+        last = entry
+        durations.append(entry.seconds)
+        if on_step is not None:
+            on_step(entry)
+    checkpoint = latest_checkpoint(run_dir)
+    step = int(read_classifier_checkpoint(checkpoint)["step"]) if checkpoint else 0
+    steady = durations[1:] or durations
+    return TrainResult(
+        run_dir=Path(run_dir),
+        step=step,
+        checkpoint=checkpoint,
+        last_loss=last.loss if last else None,
+        seconds_per_step=sum(steady) / len(steady) if steady else None,
+    )
+
+
+def export_classifier(
+    run_dir: str | Path, out_path: str | Path = DEFAULT_WEIGHTS, name: str | None = None
+) -> ExportedWeights:
+    """Write the EMA weights of a run's latest checkpoint (format of ``load_classifier``)."""
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise InputError(f"no checkpoint in {run_dir}; train first")
+    payload = read_classifier_checkpoint(checkpoint)
+    step = int(payload["step"])
+    weights = {
+        "format": WEIGHTS_FORMAT,
+        "format_version": WEIGHTS_FORMAT_VERSION,
+        "name": name or f"mrdiff-classifier-step{step}",
+        "classifier_config": payload["classifier_config"],
+        "schedule": payload["schedule"],
+        "input": INPUT_CONVENTION,
+        "state_dict": {key: value.float() for key, value in payload["ema"].items()},
+        "step": step,
+        "lesion_family": TRAINING_FAMILY.name,
+        "research_use_only": RESEARCH_USE_ONLY,
+    }
+    out = Path(out_path)
+    _atomic_torch_save(weights, out)
+    digest = sha256_of(out)
+    sidecar = out.with_name(out.name + ".sha256")
+    temporary = sidecar.with_name(f".{sidecar.name}.tmp")
+    temporary.write_text(f"{digest}  {out.name}\n")
+    os.replace(temporary, sidecar)
+    return ExportedWeights(path=out, sha256=digest, step=step, size_bytes=out.stat().st_size)
+
+
+class NoiseLevelAccuracy(NamedTuple):
+    """Classifier quality at one timestep on a labelled set."""
+
+    timestep: int
+    accuracy: float
+    auroc: float
+    count: int
+
+
+def labelled_set(
+    magnitudes: Sequence[np.ndarray], family: LesionFamily, seed: int
+) -> tuple[Tensor, Tensor]:
+    """Each slice healthy and with one lesion (seed ``seed + i``), as classifier inputs."""
+    images: list[Tensor] = []
+    labels: list[int] = []
+    for i, magnitude in enumerate(magnitudes):
+        try:
+            lesioned = insert_lesion(magnitude, seed + i, family).image
+        except InputError:
+            continue
+        for image, label in ((magnitude, 0), (lesioned, 1)):
+            x0, _ = prior_input_from_magnitude(torch.from_numpy(np.asarray(image, np.float32))[None])
+            images.append(x0[0])
+            labels.append(label)
+    if not images:
+        raise InputError("no slice could hold a lesion")
+    return torch.stack(images), torch.tensor(labels)
+
+
+@torch.no_grad()
+def accuracy_by_noise_level(
+    model: NoiseAwareClassifier,
+    schedule: DiffusionSchedule,
+    images: Tensor,
+    labels: Tensor,
+    timesteps: Sequence[int] = ACCURACY_TIMESTEPS,
+    seed: int = 0,
+    batch: int = 16,
+    bf16: bool = True,
+) -> list[NoiseLevelAccuracy]:
+    """Accuracy (threshold 0) and AUROC of the lesion logit on ``images`` noised to each ``t``."""
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for t in timesteps:
+        logits = []
+        for start in range(0, len(images), batch):
+            x0 = images[start : start + batch].to(device)
+            noise = torch.randn(x0.shape, generator=generator).to(device)
+            tt = torch.full((len(x0),), t, dtype=torch.long, device=device)
+            x_t = schedule.q_sample(x0, tt, noise).contiguous(memory_format=torch.channels_last)
+            with _autocast(device, bf16):
+                logits.append(model.lesion_logit(x_t, tt).float().cpu())
+        scores = torch.cat(logits)
+        accuracy = float(((scores > 0).long() == labels).float().mean())
+        rows.append(NoiseLevelAccuracy(t, accuracy, auroc(scores.numpy(), labels.numpy()), len(labels)))
+    return rows

@@ -1,0 +1,425 @@
+"""k-space-guided coarse-to-fine diffusion sampling with pixel-variance uncertainty.
+
+After Peng et al., "Towards performant and reliable undersampled MR reconstruction via
+diffusion model sampling" (DiffuseRecon, MICCAI 2022):
+
+1. Coarse stage: ``N`` samples in one batch run the reverse diffusion on a respaced schedule.
+   After every step the measured k-space, noised to the new level
+   (``sqrt(abar) y + sqrt(1 - abar) F S eps``), replaces the samples' k-space on the sampled
+   locations (single coil), or enters through the SENSE operator with ESPIRiT maps
+   (``x <- x - S^H F^H M (M F S x - y_t)``, multi-coil).
+2. The pixel variance of the magnitude across the ``N`` samples is the uncertainty map.
+3. Fine stage: the mean of the samples is refined by a few deterministic (DDIM, eta 0) steps at
+   the low-noise end of the full schedule, with the clean measurements.
+
+Warm start (Chung et al., "Come-Closer-Diffuse-Faster", CVPR 2022): the coarse stage may start
+from an initial estimate noised to ``t0`` and run only the respaced steps below it.
+
+The network is reached only through :class:`~services.recon.prior.LoadedPrior`; data
+consistency is a function applied between the steps of :mod:`services.recon.diffusion`.
+Images are scaled into the prior's intensity convention (99th percentile magnitude of the
+zero-filled image = 1) and back, so outputs are in the units of the zero-filled input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from services.recon import physics
+from services.recon.diffusion import CLEAN, DiffusionSchedule, space_timesteps, step_pairs
+from services.recon.errors import InputError
+from services.recon.prior import LoadedPrior, p99_scale
+from services.recon.unet import crop_to, pad_to_multiple
+
+DEFAULT_WARM_START = 400
+TRAINED_PIXEL_MM = (0.7, 2.5)
+SENSIBLE_MATRIX = (64, 512)
+CENTRE_BLOCK_FRACTION = 0.08
+MIN_CENTRE_SAMPLED = 0.5
+PARTIAL_FOURIER_RATIO = 0.8
+
+EpsFunction = Callable[[Tensor, int], Tensor]
+"""``eps_fn(x, t)``: the prior's noise prediction for a batch ``x`` (B, 2, H, W) at step ``t``."""
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Knobs of the sampler; the defaults are the ones reported in MODEL_CARD.md."""
+
+    samples: int = 8
+    steps: int = 50
+    refine_steps: int = 20
+    warm_start: int | None = None
+    full_schedule: bool = False
+    eta: float = 1.0
+    keep_samples: bool = False
+    bf16: bool = True
+
+    def validated(self, num_timesteps: int) -> SamplerConfig:
+        if self.samples < 1:
+            raise InputError(f"samples must be >= 1, got {self.samples}")
+        if not 1 <= self.steps <= num_timesteps:
+            raise InputError(f"steps must be in [1, {num_timesteps}], got {self.steps}")
+        if not 0 <= self.refine_steps <= num_timesteps:
+            raise InputError(f"refine_steps must be in [0, {num_timesteps}]")
+        if self.warm_start is not None and not 0 <= self.warm_start < num_timesteps:
+            raise InputError(f"warm_start must be in [0, {num_timesteps - 1}]")
+        if not 0.0 <= self.eta <= 1.0:
+            raise InputError(f"eta must be in [0, 1], got {self.eta}")
+        return self
+
+
+class Progress(NamedTuple):
+    """One finished step of a stage ("coarse" or "refine")."""
+
+    stage: str
+    step: int
+    total: int
+
+
+class Reconstruction(NamedTuple):
+    """Result of :func:`reconstruct`, in the units of the zero-filled input.
+
+    ``variance`` is the (unbiased) variance of the magnitude across the coarse samples, None for
+    a single sample. ``samples`` (N, H, W) only when ``SamplerConfig.keep_samples``.
+    ``dc_residual`` is ``||M F S x - y|| / ||y||`` of ``image``.
+    """
+
+    image: np.ndarray
+    magnitude: np.ndarray
+    variance: np.ndarray | None
+    samples: np.ndarray | None
+    dc_residual: float
+    warnings: list[str]
+    scale: float
+    timesteps: list[int]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Measured k-space in the prior's intensity units, as torch tensors on one device."""
+
+    kspace: Tensor
+    mask: Tensor
+    maps: Tensor | None
+
+    def forward(self, image: Tensor) -> Tensor:
+        """``M F S x`` for images (B, H, W) -> k-space (B, [C,] H, W)."""
+        if self.maps is None:
+            return physics.single_coil_forward(image, self.mask)
+        return physics.sense_forward(image, self.maps, self.mask)
+
+    def adjoint(self, kspace: Tensor) -> Tensor:
+        if self.maps is None:
+            return physics.single_coil_adjoint(kspace, self.mask)
+        return physics.sense_adjoint(kspace, self.maps, self.mask)
+
+    def noised(
+        self, schedule: DiffusionSchedule, t: int, batch: int, generator: torch.Generator
+    ) -> Tensor:
+        """``sqrt(abar_t) y + sqrt(1 - abar_t) M F S eps`` per batch member (clean at CLEAN)."""
+        y = self.kspace.expand(batch, *self.kspace.shape)
+        if t == CLEAN:
+            return y
+        abar = float(schedule.alpha_bars[t])
+        eps = to_complex(randn((batch, 2, *self.mask.shape), generator, self.kspace.device))
+        return abar**0.5 * y + (1 - abar) ** 0.5 * self.forward(eps)
+
+    def project(self, image: Tensor, target: Tensor) -> Tensor:
+        """Data consistency: replace the sampled k-space of ``image`` (B, H, W) by ``target``.
+
+        Single coil this is exact replacement; multi-coil it is ``x - S^H F^H M (M F S x - y)``.
+        """
+        if self.maps is None:
+            kspace = physics.fft2c(image)
+            return physics.ifft2c(torch.where(self.mask, target, kspace))
+        return image - self.adjoint(self.forward(image) - target)
+
+
+def randn(shape: Sequence[int], generator: torch.Generator, device: torch.device) -> Tensor:
+    """Standard normal noise from a CPU generator (same numbers on every device)."""
+    return torch.randn(tuple(shape), generator=generator).to(device)
+
+
+def to_complex(x: Tensor) -> Tensor:
+    """(B, 2, H, W) real/imag -> (B, H, W) complex."""
+    return torch.complex(x[:, 0].float(), x[:, 1].float())
+
+
+def to_channels(z: Tensor) -> Tensor:
+    """(B, H, W) complex -> (B, 2, H, W) real/imag."""
+    return torch.stack([z.real, z.imag], dim=1)
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if not enabled or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def prior_eps_function(prior: LoadedPrior, bf16: bool = True) -> EpsFunction:
+    """The prior's noise prediction, padding H, W to the network's multiple and cropping back."""
+    multiple = prior.config.size_multiple
+
+    def eps_fn(x: Tensor, t: int) -> Tensor:
+        padded, offset = pad_to_multiple(x, multiple)
+        padded = padded.contiguous(memory_format=torch.channels_last)
+        steps = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        with _autocast(x.device, bf16):
+            eps = prior.model(padded, steps)
+        return crop_to(eps.float(), offset, (x.shape[-2], x.shape[-1]))
+
+    return eps_fn
+
+
+def coarse_timesteps(config: SamplerConfig, num_timesteps: int) -> list[int]:
+    """Ascending timesteps of the coarse stage (respaced, full, and/or below a warm start)."""
+    count = num_timesteps if config.full_schedule else config.steps
+    timesteps = space_timesteps(num_timesteps, count)
+    if config.warm_start is not None:
+        timesteps = [*(t for t in timesteps if t < config.warm_start), config.warm_start]
+    return timesteps
+
+
+def input_warnings(mask: np.ndarray, pixel_size_mm: Sequence[float] | None) -> list[str]:
+    """Why this input may be far from what the prior was trained on (empty when typical)."""
+    warnings: list[str] = []
+    height, width = mask.shape
+    low, high = SENSIBLE_MATRIX
+    if not (low <= height <= high and low <= width <= high):
+        warnings.append(f"matrix {height}x{width} outside the trained range {low}-{high}")
+    if pixel_size_mm is not None:
+        sizes = [float(s) for s in pixel_size_mm]
+        if any(not TRAINED_PIXEL_MM[0] <= s <= TRAINED_PIXEL_MM[1] for s in sizes):
+            shown = "x".join(f"{s:.2g}" for s in sizes)
+            warnings.append(f"pixel size {shown} mm far from the trained 1-2 mm")
+    for axis, name in ((0, "rows"), (1, "columns")):
+        extent = _one_sided_extent(np.asarray(mask.any(axis=1 - axis)))
+        if extent is not None and extent < PARTIAL_FOURIER_RATIO:
+            warnings.append(f"asymmetric k-space coverage of {name} (partial Fourier?)")
+    block_h = max(2, round(height * CENTRE_BLOCK_FRACTION))
+    block_w = max(2, round(width * CENTRE_BLOCK_FRACTION))
+    top, left = height // 2 - block_h // 2, width // 2 - block_w // 2
+    centre = mask[top : top + block_h, left : left + block_w]
+    if centre.mean() < MIN_CENTRE_SAMPLED:
+        warnings.append(f"k-space centre only {centre.mean():.0%} sampled")
+    return warnings
+
+
+def _one_sided_extent(sampled: np.ndarray) -> float | None:
+    """Ratio of the shorter to the longer reach of sampled lines either side of the centre."""
+    indices = np.flatnonzero(sampled)
+    if indices.size == 0:
+        return None
+    centre = sampled.shape[0] // 2
+    below = centre - indices.min()
+    above = indices.max() - centre
+    longest = max(below, above)
+    half = sampled.shape[0] // 2
+    if longest < half * 0.5:  # a low-resolution acquisition, symmetric or not, is not PF
+        return None
+    return float(min(below, above) / longest)
+
+
+def _broadcast_mask(mask: np.ndarray | Tensor, shape: tuple[int, int]) -> np.ndarray:
+    array = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+    try:
+        return np.broadcast_to(array.astype(bool), shape).copy()
+    except ValueError as error:
+        raise InputError(f"mask shape {array.shape} does not fit k-space {shape}") from error
+
+
+def _as_complex_array(data: np.ndarray | Tensor, what: str) -> np.ndarray:
+    array = data.detach().cpu().numpy() if isinstance(data, Tensor) else np.asarray(data)
+    if not np.iscomplexobj(array):
+        raise InputError(f"{what} must be complex, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise InputError(f"{what} contains NaN or infinite values")
+    return array.astype(np.complex64)
+
+
+def prepare_measurement(
+    kspace: np.ndarray | Tensor,
+    mask: np.ndarray | Tensor,
+    maps: np.ndarray | Tensor | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Validated complex64 k-space, boolean (H, W) mask and maps (ESPIRiT if multi-coil, none)."""
+    measured = _as_complex_array(kspace, "k-space")
+    if measured.ndim == 3 and measured.shape[0] == 1 and maps is None:
+        measured = measured[0]
+    if measured.ndim not in (2, 3):
+        raise InputError(f"k-space must be (H, W) or (C, H, W), got shape {measured.shape}")
+    shape = (int(measured.shape[-2]), int(measured.shape[-1]))
+    sampled = _broadcast_mask(mask, shape)
+    if not sampled.any():
+        raise InputError("mask samples no k-space location")
+    measured = measured * sampled
+    coil_maps: np.ndarray | None = None
+    if measured.ndim == 3:
+        if maps is None:
+            from services.recon.coils import espirit_maps
+
+            coil_maps = espirit_maps(measured)
+        else:
+            coil_maps = _as_complex_array(maps, "coil maps")
+        if coil_maps.shape != measured.shape:
+            raise InputError(f"coil maps {coil_maps.shape} do not match k-space {measured.shape}")
+    elif maps is not None:
+        raise InputError("coil maps given for single-coil k-space")
+    return measured, sampled, coil_maps
+
+
+def iter_reconstruct(
+    prior: LoadedPrior,
+    kspace: np.ndarray | Tensor,
+    mask: np.ndarray | Tensor,
+    maps: np.ndarray | Tensor | None = None,
+    config: SamplerConfig | None = None,
+    seed: int = 0,
+    initial: np.ndarray | Tensor | None = None,
+    pixel_size_mm: Sequence[float] | None = None,
+) -> Iterator[Progress | Reconstruction]:
+    """Reconstruct one slice, yielding :class:`Progress` per step and finally the result.
+
+    ``kspace`` is (H, W) single-coil or (C, H, W) multi-coil, centred; ``mask`` broadcasts to
+    (H, W); ``maps`` (C, H, W) are ESPIRiT maps (estimated here when None and multi-coil).
+    ``initial`` (H, W) complex, in the units of the zero-filled image, is the warm start
+    estimate (default: the zero-filled image) used when ``config.warm_start`` is set.
+    """
+    schedule = prior.schedule
+    cfg = (config or SamplerConfig()).validated(schedule.num_timesteps)
+    measured, sampled, coil_maps = prepare_measurement(kspace, mask, maps)
+    warnings = input_warnings(sampled, pixel_size_mm)
+    device = prior.device
+    generator = torch.Generator().manual_seed(seed)
+    eps_fn = prior_eps_function(prior, cfg.bf16)
+
+    with torch.inference_mode():
+        mask_t = torch.as_tensor(sampled, device=device)
+        maps_t = None if coil_maps is None else torch.as_tensor(coil_maps, device=device)
+        raw = Measurement(torch.as_tensor(measured, device=device), mask_t, maps_t)
+        zero_filled = raw.adjoint(raw.kspace)
+        scale = float(p99_scale(zero_filled.abs()))
+        if not scale > 1e-12:
+            raise InputError("measured k-space is zero; nothing to reconstruct")
+        data = Measurement(raw.kspace / scale, mask_t, maps_t)
+        height, width = sampled.shape
+
+        timesteps = coarse_timesteps(cfg, schedule.num_timesteps)
+        start = timesteps[-1]
+        batch = cfg.samples
+        if cfg.warm_start is not None:
+            estimate = zero_filled if initial is None else _initial_estimate(initial, device)
+            if estimate.shape != (height, width):
+                raise InputError(f"initial estimate {tuple(estimate.shape)} is not {sampled.shape}")
+            x0 = to_channels(estimate[None] / scale).expand(batch, -1, -1, -1)
+            x = schedule.q_sample(x0, start, randn((batch, 2, height, width), generator, device))
+        else:
+            x = randn((batch, 2, height, width), generator, device)
+        x = to_channels(data.project(to_complex(x), data.noised(schedule, start, batch, generator)))
+
+        pairs = step_pairs(timesteps)
+        for number, (t, t_prev) in enumerate(pairs, start=1):
+            eps = eps_fn(x, t)
+            noise = randn(x.shape, generator, device) if cfg.eta > 0 else None
+            x = schedule.ddim_step(x, eps, t, t_prev, eta=cfg.eta, noise=noise)
+            target = data.noised(schedule, t_prev, batch, generator)
+            x = to_channels(data.project(to_complex(x), target))
+            yield Progress("coarse", number, len(pairs))
+
+        samples = to_complex(x)
+        variance = samples.abs().var(dim=0, correction=1) if batch > 1 else None
+        image = samples.mean(dim=0, keepdim=True)
+
+        if cfg.refine_steps > 0:
+            refine = list(range(cfg.refine_steps))
+            x = schedule.q_sample(
+                to_channels(image), refine[-1], randn((1, 2, height, width), generator, device)
+            )
+            refine_pairs = step_pairs(refine)
+            for number, (t, t_prev) in enumerate(refine_pairs, start=1):
+                x = schedule.ddim_step(x, eps_fn(x, t), t, t_prev, eta=0.0)
+                x = to_channels(data.project(to_complex(x), data.kspace[None]))
+                yield Progress("refine", number, len(refine_pairs))
+            image = to_complex(x)
+
+        final = (image[0] * scale).cpu().numpy().astype(np.complex64)
+        residual = physics.data_consistency_residual(final, measured, sampled, maps=coil_maps)
+        yield Reconstruction(
+            image=final,
+            magnitude=np.abs(final).astype(np.float32),
+            variance=None if variance is None else (variance * scale**2).cpu().numpy(),
+            samples=(samples * scale).cpu().numpy() if cfg.keep_samples else None,
+            dc_residual=float(residual),
+            warnings=warnings,
+            scale=scale,
+            timesteps=timesteps,
+        )
+
+
+def _initial_estimate(initial: np.ndarray | Tensor, device: torch.device) -> Tensor:
+    array = initial.detach().cpu().numpy() if isinstance(initial, Tensor) else np.asarray(initial)
+    if not np.isfinite(array).all():
+        raise InputError("initial estimate contains NaN or infinite values")
+    return torch.as_tensor(array.astype(np.complex64), device=device)
+
+
+def reconstruct(
+    prior: LoadedPrior,
+    kspace: np.ndarray | Tensor,
+    mask: np.ndarray | Tensor,
+    maps: np.ndarray | Tensor | None = None,
+    config: SamplerConfig | None = None,
+    seed: int = 0,
+    initial: np.ndarray | Tensor | None = None,
+    pixel_size_mm: Sequence[float] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> Reconstruction:
+    """Run :func:`iter_reconstruct` to the end and return its :class:`Reconstruction`."""
+    for item in iter_reconstruct(prior, kspace, mask, maps, config, seed, initial, pixel_size_mm):
+        if isinstance(item, Reconstruction):
+            return item
+        if on_progress is not None:
+            on_progress(item)
+    raise RuntimeError("sampler ended without a result")
+
+
+def sample_unconditional(
+    prior: LoadedPrior,
+    seeds: Sequence[int],
+    steps: int = 50,
+    shape: tuple[int, int] = (128, 128),
+    eta: float = 0.0,
+    batch: int = 8,
+) -> np.ndarray:
+    """Unconditional DDIM samples of the prior, one per seed, complex (S, H, W), p99 units.
+
+    Sample ``i`` depends only on ``seeds[i]`` (its own generator for the starting noise; with
+    ``eta > 0`` the step noise comes from that generator too).
+    """
+    schedule = prior.schedule
+    if not 1 <= steps <= schedule.num_timesteps:
+        raise InputError(f"steps must be in [1, {schedule.num_timesteps}], got {steps}")
+    device = prior.device
+    eps_fn = prior_eps_function(prior)
+    pairs = step_pairs(space_timesteps(schedule.num_timesteps, steps))
+    results: list[Tensor] = []
+    with torch.inference_mode():
+        for first in range(0, len(seeds), batch):
+            group = list(seeds[first : first + batch])
+            generators = [torch.Generator().manual_seed(s) for s in group]
+            x = torch.cat([randn((1, 2, *shape), g, device) for g in generators])
+            for t, t_prev in pairs:
+                noise = None
+                if eta > 0:
+                    noise = torch.cat([randn((1, 2, *shape), g, device) for g in generators])
+                x = schedule.ddim_step(x, eps_fn(x, t), t, t_prev, eta=eta, noise=noise)
+            results.append(to_complex(x).cpu())
+    return torch.cat(results).numpy()

@@ -1,0 +1,468 @@
+"""Training the diffusion prior: epsilon prediction with AdamW, EMA weights and checkpoints.
+
+The objective is the "simple" loss of Ho et al. (DDPM, NeurIPS 2020): ``|| eps - eps_theta(
+sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2`` with ``t`` uniform, on the cosine schedule of
+Nichol & Dhariwal (2021). Images are complex (2 channels) and scaled to the prior's intensity
+convention (99th percentile magnitude = 1, :func:`services.recon.prior.p99_scale`).
+
+Everything random in step ``k`` (which slices, which timesteps, which noise) comes from a
+generator seeded by ``(seed, k)``, so a run resumed from a checkpoint takes the same steps as one
+that never stopped. Checkpoints are written atomically to ``run_dir/checkpoints/`` and hold the
+model, its EMA, the optimiser, the step, RNG states and the configuration. This module knows
+nothing of Prefect or the CLI; they call :func:`train_prior` / :func:`iter_train`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from services.recon.diffusion import DiffusionSchedule
+from services.recon.errors import InputError
+from services.recon.prior import (
+    INTENSITY_CONVENTION,
+    RESEARCH_USE_ONLY,
+    WEIGHTS_FORMAT,
+    WEIGHTS_FORMAT_VERSION,
+    p99_scale,
+    pick_device,
+    sha256_of,
+)
+from services.recon.unet import UNet, UNetConfig, to_device
+
+CHECKPOINT_DIR = "checkpoints"
+LOSS_LOG = "loss.csv"
+THREADS_ENV = "MRDIFF_TORCH_THREADS"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings of a run (``steps`` is the run's total, not an increment)."""
+
+    steps: int
+    batch: int = 16
+    lr: float = 2e-4
+    ema: float = 0.999
+    seed: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+    bf16: bool = True
+    workers: int = 0
+
+    def validate(self) -> None:
+        if self.steps < 0:
+            raise InputError(f"steps must be >= 0, got {self.steps}")
+        if self.batch < 1:
+            raise InputError(f"batch must be >= 1, got {self.batch}")
+        if not self.lr > 0:
+            raise InputError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema < 1:
+            raise InputError(f"ema must be in [0, 1), got {self.ema}")
+        if self.checkpoint_every < 1:
+            raise InputError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.workers not in (0, 1):
+            raise InputError(f"workers must be 0 or 1 on this machine, got {self.workers}")
+
+
+class StepLog(NamedTuple):
+    """One finished optimisation step."""
+
+    step: int
+    total_steps: int
+    loss: float
+    seconds: float
+
+
+class TrainResult(NamedTuple):
+    """Where a run stands after :func:`train_prior`."""
+
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    last_loss: float | None
+    seconds_per_step: float | None
+
+
+class ExportedWeights(NamedTuple):
+    """A weights file written by :func:`export_weights`."""
+
+    path: Path
+    sha256: str
+    step: int
+    size_bytes: int
+
+
+def default_threads() -> int:
+    """Torch threads: ``$MRDIFF_TORCH_THREADS`` if set, else every core this process may use."""
+    from_env = os.environ.get(THREADS_ENV)
+    if from_env:
+        return max(1, int(from_env))
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batch indices for steps ``first_step .. last_step - 1``; step k is drawn from (seed, k)."""
+
+    def __init__(self, size: int, batch: int, seed: int, first_step: int, last_step: int) -> None:
+        self.size, self.batch, self.seed = size, batch, seed
+        self.first_step, self.last_step = first_step, last_step
+
+    def __len__(self) -> int:
+        return max(0, self.last_step - self.first_step)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.first_step, self.last_step):
+            generator = _step_generator(self.seed, step)
+            yield torch.randint(self.size, (self.batch,), generator=generator).tolist()
+
+
+def checkpoint_paths(run_dir: str | Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    return sorted(folder.glob("step_*.pt")) if folder.is_dir() else []
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The most advanced checkpoint of a run, or None."""
+    paths = checkpoint_paths(run_dir)
+    return paths[-1] if paths else None
+
+
+def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if not enabled:
+        return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def diffusion_loss(
+    model: nn.Module,
+    schedule: DiffusionSchedule,
+    x0: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    bf16: bool = True,
+) -> Tensor:
+    """Mean squared error of the noise prediction (Ho et al. 2020, "simple" loss), in float32."""
+    x_t = schedule.q_sample(x0, t, noise).contiguous(memory_format=torch.channels_last)
+    with _autocast(x0.device, bf16):
+        predicted = model(x_t, t)
+    return F.mse_loss(predicted.float(), noise)
+
+
+def to_prior_intensity(batch: Tensor) -> Tensor:
+    """Scale each (2, H, W) image so its 99th percentile magnitude is 1."""
+    magnitude = torch.linalg.vector_norm(batch, dim=1)
+    return batch / p99_scale(magnitude)[:, None, None, None]
+
+
+@torch.no_grad()
+def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * weights`` for parameters and buffers."""
+    for ema_p, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+        ema_p.lerp_(p.detach(), 1 - decay)
+    for ema_b, b in zip(ema_model.buffers(), model.buffers(), strict=True):
+        ema_b.copy_(b)
+
+
+def _ema_decay(target: float, step: int) -> float:
+    """EMA decay warmed up over the first steps so short runs do not keep the init."""
+    return min(target, (1 + step) / (10 + step))
+
+
+class _RunState:
+    """Model, EMA, optimiser and step of a run, with checkpoint save/load."""
+
+    def __init__(
+        self, unet_config: UNetConfig, settings: TrainSettings, device: torch.device
+    ) -> None:
+        torch.manual_seed(settings.seed)
+        self.unet_config = unet_config
+        self.model = to_device(UNet(unet_config), device)
+        self.ema_model = to_device(UNet(unet_config), device)
+        self.ema_model.load_state_dict(self.model.state_dict())
+        self.ema_model.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            foreach=True,
+        )
+        self.step = 0
+
+    def save(self, path: Path, settings: TrainSettings, schedule: DiffusionSchedule) -> None:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        _atomic_torch_save(
+            {
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "ema": self.ema_model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": rng,
+                "unet_config": self.unet_config.to_dict(),
+                "settings": asdict(settings),
+                "schedule": schedule.to_dict(),
+            },
+            path,
+        )
+
+    def load(self, payload: dict[str, Any], lr: float) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.ema_model.load_state_dict(payload["ema"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.step = int(payload["step"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a training checkpoint on the CPU (plain tensors and values only)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise InputError(f"checkpoint {path} is unreadable: {error}") from error
+    if not isinstance(payload, dict) or "ema" not in payload or "unet_config" not in payload:
+        raise InputError(f"{path} is not an mrdiff training checkpoint")
+    return payload
+
+
+def _truncate_loss_log(path: Path, last_step: int) -> None:
+    """Drop log rows past the checkpoint we resume from (written after it, then lost)."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0], *(row for row in rows[1:] if row and int(row[0]) <= last_step)]
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+    os.replace(temporary, path)
+
+
+def _prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for old in checkpoint_paths(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def iter_train(
+    dataset: Dataset[Tensor],
+    run_dir: str | Path,
+    settings: TrainSettings,
+    unet_config: UNetConfig | None = None,
+    resume: bool = True,
+    threads: int | None = None,
+    device: str | torch.device | None = None,
+) -> Iterator[StepLog]:
+    """Train until ``settings.steps`` total steps, yielding a :class:`StepLog` per step.
+
+    With ``resume`` the latest checkpoint in ``run_dir`` is continued (its architecture wins;
+    a conflicting ``unet_config`` is an error). Without it, a run directory that already holds
+    checkpoints is refused rather than overwritten.
+    """
+    settings.validate()
+    run_path = Path(run_dir)
+    torch.set_num_threads(threads or default_threads())
+    target = pick_device(device)
+    schedule = DiffusionSchedule.cosine()
+
+    latest = latest_checkpoint(run_path)
+    payload: dict[str, Any] | None = None
+    if latest is not None:
+        if not resume:
+            raise InputError(f"{run_path} already holds checkpoints; resume it or use a new run")
+        payload = read_checkpoint(latest)
+        saved_config = UNetConfig.from_dict(payload["unet_config"])
+        if unet_config is not None and unet_config != saved_config:
+            raise InputError(f"unet_config differs from the checkpoint in {run_path}")
+        unet_config = saved_config
+    state = _RunState(unet_config or UNetConfig(), settings, target)
+    if payload is not None:
+        state.load(payload, settings.lr)
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise InputError("training set is empty")
+
+    run_path.mkdir(parents=True, exist_ok=True)
+    log_path = run_path / LOSS_LOG
+    _truncate_loss_log(log_path, state.step)
+    if state.step >= settings.steps:
+        return
+
+    loader = DataLoader(
+        dataset,
+        batch_sampler=StepBatchSampler(
+            len(dataset),  # type: ignore[arg-type]
+            settings.batch,
+            settings.seed,
+            state.step,
+            settings.steps,
+        ),
+        num_workers=settings.workers,
+        pin_memory=target.type == "cuda",
+    )
+    new_log = not log_path.is_file()
+    with log_path.open("a", newline="") as log_handle:
+        log = csv.writer(log_handle)
+        if new_log:
+            log.writerow(["step", "loss", "seconds"])
+        state.model.train()
+        started = time.perf_counter()
+        for images in loader:
+            generator = _step_generator(settings.seed + 1, state.step)
+            x0 = to_prior_intensity(images.float())
+            t = torch.randint(schedule.num_timesteps, (x0.shape[0],), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            x0, t, noise = x0.to(target), t.to(target), noise.to(target)
+
+            loss = diffusion_loss(state.model, schedule, x0, t, noise, settings.bf16)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip > 0:
+                nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
+            state.optimizer.step()
+            update_ema(state.ema_model, state.model, _ema_decay(settings.ema, state.step))
+            state.step += 1
+
+            loss_value = float(loss.detach())
+            if not torch.isfinite(loss.detach()):
+                raise RuntimeError(f"training diverged at step {state.step}: loss {loss_value}")
+            now = time.perf_counter()
+            seconds, started = now - started, now
+            log.writerow([state.step, f"{loss_value:.6f}", f"{seconds:.3f}"])
+            log_handle.flush()
+            if state.step % settings.checkpoint_every == 0 or state.step == settings.steps:
+                state.save(
+                    run_path / CHECKPOINT_DIR / f"step_{state.step:08d}.pt", settings, schedule
+                )
+                _prune_checkpoints(run_path, settings.keep_checkpoints)
+            yield StepLog(state.step, settings.steps, loss_value, seconds)
+
+
+def open_bank(bank_dir: str | Path) -> Dataset[Tensor]:
+    """The training slices of a bank folder (:class:`services.recon.data.bank.SliceBank`)."""
+    from services.recon.data.bank import SliceBank
+
+    path = Path(bank_dir)
+    if not path.is_dir():
+        raise InputError(f"training bank folder not found: {path}")
+    bank: Dataset[Tensor] = SliceBank(path)
+    return bank
+
+
+def train_prior(
+    bank_dir: str | Path | Dataset[Tensor],
+    run_dir: str | Path,
+    steps: int,
+    batch: int = 16,
+    lr: float = 2e-4,
+    ema: float = 0.999,
+    seed: int = 0,
+    resume: bool = True,
+    threads: int | None = None,
+    checkpoint_every: int = 250,
+    workers: int = 1,
+    bf16: bool = True,
+    device: str | torch.device | None = None,
+    unet_config: UNetConfig | None = None,
+    on_step: Callable[[StepLog], None] | None = None,
+) -> TrainResult:
+    """Train (or continue training) the prior in ``run_dir`` up to ``steps`` total steps.
+
+    ``bank_dir`` is a slice-bank folder or any Dataset of float32 (2, H, W) tensors. Device is
+    CUDA when available, else CPU with bf16 autocast and channels_last. ``on_step`` sees each
+    :class:`StepLog` (progress bars, flows).
+    """
+    dataset = bank_dir if isinstance(bank_dir, Dataset) else open_bank(bank_dir)
+    settings = TrainSettings(
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        ema=ema,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        workers=workers,
+        bf16=bf16,
+    )
+    last: StepLog | None = None
+    durations: list[float] = []
+    for entry in iter_train(dataset, run_dir, settings, unet_config, resume, threads, device):
+        last = entry
+        durations.append(entry.seconds)
+        if on_step is not None:
+            on_step(entry)
+    checkpoint = latest_checkpoint(run_dir)
+    step = int(read_checkpoint(checkpoint)["step"]) if checkpoint else 0
+    steady = durations[1:] or durations
+    return TrainResult(
+        run_dir=Path(run_dir),
+        step=step,
+        checkpoint=checkpoint,
+        last_loss=last.loss if last else None,
+        seconds_per_step=sum(steady) / len(steady) if steady else None,
+    )
+
+
+def export_weights(
+    run_dir: str | Path, out_path: str | Path, name: str | None = None
+) -> ExportedWeights:
+    """Write the EMA weights, architecture and schedule of a run's latest checkpoint.
+
+    The file follows the format of :mod:`services.recon.prior` (loadable with
+    :func:`~services.recon.prior.load_prior`); ``<out_path>.sha256`` is written beside it.
+    """
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise InputError(f"no checkpoint in {run_dir}; train first")
+    payload = read_checkpoint(checkpoint)
+    step = int(payload["step"])
+    weights = {
+        "format": WEIGHTS_FORMAT,
+        "format_version": WEIGHTS_FORMAT_VERSION,
+        "name": name or f"mrdiff-prior-step{step}",
+        "unet_config": payload["unet_config"],
+        "schedule": payload["schedule"],
+        "state_dict": {key: value.float() for key, value in payload["ema"].items()},
+        "intensity": INTENSITY_CONVENTION,
+        "step": step,
+        "research_use_only": RESEARCH_USE_ONLY,
+    }
+    out = Path(out_path)
+    _atomic_torch_save(weights, out)
+    digest = sha256_of(out)
+    sidecar = out.with_name(out.name + ".sha256")
+    temporary = sidecar.with_name(f".{sidecar.name}.tmp")
+    temporary.write_text(f"{digest}  {out.name}\n")
+    os.replace(temporary, sidecar)
+    return ExportedWeights(path=out, sha256=digest, step=step, size_bytes=out.stat().st_size)

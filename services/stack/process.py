@@ -1,0 +1,252 @@
+"""Start, watch and stop one long-running process of the local stack.
+
+Each process runs in its own session (``start_new_session=True``), so Ctrl-C in the terminal
+reaches only the supervisor, which then stops its children in order, and a detached stack
+survives the command that started it. Stopping signals the group leader first (Ray's
+``ray start --block`` drains its node on SIGTERM; a ``prefect worker`` ignores the first
+SIGTERM, so a second one follows), then whatever is left of that process group. Processes are
+only ever signalled by the ids recorded when they were started, after checking that the pid
+still belongs to the same process (its start time), never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ReadyCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """How to run one process of the stack and how to tell it is ready."""
+
+    name: str
+    argv: Sequence[str]
+    ready: ReadyCheck
+    urls: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    ready_timeout: float = 90.0
+    stop_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class RunningProcess:
+    """A started process, as recorded in the stack's state file."""
+
+    name: str
+    pid: int
+    start_ticks: int | None
+    argv: tuple[str, ...]
+    log: str
+    urls: dict[str, str]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+            "argv": list(self.argv),
+            "log": self.log,
+            "urls": self.urls,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> RunningProcess:
+        ticks = data.get("start_ticks")
+        argv = data.get("argv", [])
+        urls = data.get("urls", {})
+        return cls(
+            name=str(data["name"]),
+            pid=int(str(data["pid"])),
+            start_ticks=int(str(ticks)) if ticks is not None else None,
+            argv=tuple(str(a) for a in argv) if isinstance(argv, list) else (),
+            log=str(data.get("log", "")),
+            urls={str(k): str(v) for k, v in urls.items()} if isinstance(urls, dict) else {},
+        )
+
+
+class ProcessStartError(RuntimeError):
+    """A stack process exited or never became ready."""
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``), None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces; fields after it are space separated.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def is_alive(process: RunningProcess) -> bool:
+    """True when the recorded process still runs (and is the same process, not a reused pid)."""
+    try:
+        os.kill(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    if _is_zombie(process.pid):
+        return False
+    ticks = process_start_ticks(process.pid)
+    return process.start_ticks is None or ticks is None or ticks == process.start_ticks
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].startswith("Z")
+
+
+def start_process(spec: ProcessSpec, log_dir: Path) -> tuple[RunningProcess, subprocess.Popen[bytes]]:
+    """Start ``spec`` in a new session with stdout and stderr appended to ``<log_dir>/<name>.log``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{spec.name}.log"
+    env = {**os.environ, **spec.env}
+    with log_path.open("ab") as log:
+        log.write(f"\n--- mrdiff up: starting {spec.name}: {' '.join(spec.argv)}\n".encode())
+        log.flush()
+        popen = subprocess.Popen(
+            list(spec.argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=spec.cwd,
+            start_new_session=True,
+        )
+    running = RunningProcess(
+        name=spec.name,
+        pid=popen.pid,
+        start_ticks=process_start_ticks(popen.pid),
+        argv=tuple(spec.argv),
+        log=str(log_path),
+        urls=dict(spec.urls),
+    )
+    return running, popen
+
+
+def wait_until_ready(
+    spec: ProcessSpec, popen: subprocess.Popen[bytes], running: RunningProcess
+) -> None:
+    """Poll ``spec.ready`` until it holds; raise :class:`ProcessStartError` if the process dies."""
+    deadline = time.monotonic() + spec.ready_timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise ProcessStartError(
+                f"{spec.name} exited with code {popen.returncode}; last lines of {running.log}:\n"
+                + log_tail(Path(running.log))
+            )
+        if spec.ready():
+            return
+        time.sleep(0.5)
+    raise ProcessStartError(
+        f"{spec.name} not ready after {spec.ready_timeout:.0f} s; see {running.log}:\n"
+        + log_tail(Path(running.log))
+    )
+
+
+def stop_process(process: RunningProcess, timeout: float = 30.0) -> None:
+    """Stop a started process: SIGTERM to it (twice if needed), then its group, then SIGKILL."""
+    if not is_alive(process):
+        _reap(process.pid)
+        _signal_group(process.pid, signal.SIGKILL)
+        return
+    for attempt in range(2):
+        _signal(process.pid, signal.SIGTERM)
+        if _wait_gone(process, timeout if attempt == 0 else 5.0):
+            break
+    # Whatever the leader left behind in its group (or the leader itself if it ignored us).
+    _signal_group(process.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    _signal_group(process.pid, signal.SIGKILL)
+    _reap(process.pid)
+
+
+def _wait_gone(process: RunningProcess, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(process.pid)
+        if not is_alive(process):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of a child of this process (no-op for other processes)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    """Signal the process group this stack created for one process (its leader's pid)."""
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def http_ok(url: str, timeout: float = 2.0) -> ReadyCheck:
+    """A readiness check: ``url`` answers with a status below 500."""
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return int(response.status) < 500
+        except urllib.error.HTTPError as error:
+            return error.code < 500
+        except (OSError, ValueError):
+            return False
+
+    return check
+
+
+def tcp_open(host: str, port: int, timeout: float = 1.0) -> ReadyCheck:
+    """A readiness check: something accepts TCP connections on ``host:port``."""
+
+    def check() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                return True
+        except OSError:
+            return False
+
+    return check
+
+
+def all_of(*checks: ReadyCheck) -> ReadyCheck:
+    """A readiness check that holds when every one of ``checks`` holds."""
+    return lambda: all(check() for check in checks)

@@ -1,0 +1,100 @@
+"""Joining a Ray cluster, or starting a local one, from :class:`~services.settings.Settings`.
+
+``settings.ray_address`` set: join that cluster (``"auto"``, ``"host:6379"``, ``"ray://..."``).
+Unset: start a private local cluster on loopback (``address="local"``, so a cluster someone
+else started on this machine is never joined by accident), without the dashboard.
+
+Ray 2.60 turns token authentication on for new local clusters unless ``RAY_AUTH_MODE`` says
+otherwise. ``settings.ray_auth_mode`` decides; when it is unset, a local development cluster
+(loopback only) runs with auth disabled and everything else uses tokens
+(``~/.ray/auth_token`` or ``RAY_AUTH_TOKEN``). An explicit ``RAY_AUTH_MODE`` in the
+environment is respected when ``settings.ray_auth_mode`` is unset.
+
+Never ``ray stop`` (it kills every Ray process on the machine by name); leave through
+:func:`disconnect_ray`, which shuts down only what this driver started.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from services.settings import Settings
+
+LOOPBACK = "127.0.0.1"
+NAMESPACE = "mrdiff"
+
+
+class RayConnection(NamedTuple):
+    """What :func:`connect_ray` connected to."""
+
+    address: str
+    started_local: bool
+    auth_mode: str
+    cpus: float
+    gpus: float
+
+
+def ray_auth_mode(settings: Settings) -> str:
+    """The ``RAY_AUTH_MODE`` this process should use for ``settings``."""
+    if settings.ray_auth_mode is not None:
+        return settings.ray_auth_mode
+    explicit = os.environ.get("RAY_AUTH_MODE")
+    if explicit:
+        return explicit.lower()
+    local_development = settings.is_local_ray and settings.environment == "development"
+    return "disabled" if local_development else "token"
+
+
+def connect_ray(
+    settings: Settings,
+    *,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+    log_to_driver: bool = True,
+) -> RayConnection:
+    """Join ``settings.ray_address`` or start a local cluster; reuse an existing connection.
+
+    ``num_cpus`` (else ``settings.ray_num_cpus``) and ``object_store_memory`` (bytes) size a
+    locally started cluster and are ignored when joining one.
+    """
+    import ray
+
+    mode = ray_auth_mode(settings)
+    if not ray.is_initialized():
+        os.environ["RAY_AUTH_MODE"] = mode
+        if settings.ray_address:
+            ray.init(
+                address=settings.ray_address, namespace=NAMESPACE, log_to_driver=log_to_driver
+            )
+            started_local = False
+        else:
+            ray.init(
+                address="local",
+                num_cpus=num_cpus or settings.ray_num_cpus,
+                object_store_memory=object_store_memory,
+                namespace=NAMESPACE,
+                include_dashboard=False,
+                _node_ip_address=LOOPBACK,
+                log_to_driver=log_to_driver,
+            )
+            started_local = True
+    else:
+        started_local = False
+    address = str(ray.get_runtime_context().gcs_address)
+    resources = ray.cluster_resources()
+    return RayConnection(
+        address=address,
+        started_local=started_local,
+        auth_mode=mode,
+        cpus=float(resources.get("CPU", 0.0)),
+        gpus=float(resources.get("GPU", 0.0)),
+    )
+
+
+def disconnect_ray() -> None:
+    """Disconnect this driver; a local cluster it started shuts down with it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,171 @@
+"""Noise-aware classifier: shapes, pooling, training loop with resume, weights round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from services.recon.classifier import (
+    ClassifierConfig,
+    NoiseAwareClassifier,
+    load_classifier,
+    log_prob_healthy,
+    prior_input_from_magnitude,
+)
+from services.recon.classifier_training import (
+    HEALTHY_ONLY,
+    LesionPairs,
+    PairedStepSampler,
+    accuracy_by_noise_level,
+    export_classifier,
+    labelled_set,
+    read_classifier_checkpoint,
+    train_classifier,
+)
+from services.recon.data.lesions import TRAINING_FAMILY
+from services.recon.diffusion import DiffusionSchedule
+from services.recon.errors import InputError
+from services.recon.training import latest_checkpoint
+from tests.unit.test_lesions import head_phantom
+
+TINY = ClassifierConfig(channels=(8, 16), norm_groups=4, time_embedding_dim=16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+class PhantomBank(Dataset[torch.Tensor]):
+    """A few 32x32 healthy head phantoms as (2, H, W) complex slices, like a slice bank."""
+
+    def __init__(self, count: int = 4) -> None:
+        base = head_phantom(32)
+        self.slices = [
+            torch.from_numpy(np.stack([base * (0.8 + 0.1 * i), np.zeros_like(base)]))
+            for i in range(count)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.slices[index]
+
+
+def test_logits_shape_any_size_and_time_dependence() -> None:
+    torch.manual_seed(0)
+    model = NoiseAwareClassifier(TINY).eval()
+    for size in ((32, 32), (40, 36)):
+        x = torch.randn(3, 2, *size)
+        logits = model(x, torch.tensor([0, 10, 999]))
+        assert logits.shape == (3, 2)
+        assert torch.all(logits[:, 0] == 0)
+    x = torch.randn(1, 2, 32, 32)
+    assert not torch.allclose(model(x, torch.tensor([0])), model(x, torch.tensor([900])))
+
+
+def test_pooling_lies_between_mean_and_max_evidence() -> None:
+    torch.manual_seed(1)
+    model = NoiseAwareClassifier(TINY).eval()
+    x, t = torch.randn(2, 2, 32, 32), torch.tensor([5, 500])
+    with torch.no_grad():
+        evidence = model.evidence(x, t).flatten(1)
+        pooled = model.lesion_logit(x, t)
+    assert torch.all(pooled >= evidence.mean(1) - 1e-5)
+    assert torch.all(pooled <= evidence.max(1).values + 1e-5)
+    expected = torch.nn.functional.logsigmoid(-pooled)
+    torch.testing.assert_close(log_prob_healthy(model, x, t), expected)
+
+
+def test_prior_input_is_zero_phase_with_unit_99th_percentile() -> None:
+    magnitude = torch.from_numpy(head_phantom(32))[None] * 7.0
+    x0, scale = prior_input_from_magnitude(magnitude)
+    assert x0.shape == (1, 2, 32, 32)
+    assert torch.all(x0[:, 1] == 0)
+    assert torch.quantile(x0[0, 0].flatten(), 0.99).item() == pytest.approx(1.0, rel=1e-5)
+    assert scale.shape == (1,)
+
+
+def test_paired_sampler_pairs_healthy_and_lesion_deterministically() -> None:
+    sampler = PairedStepSampler(size=10, batch=6, seed=3, first_step=5, last_step=7)
+    batches = list(sampler)
+    assert len(batches) == 2
+    for keys in batches:
+        assert len(keys) == 6
+        for healthy, lesion in zip(keys[::2], keys[1::2], strict=True):
+            assert healthy[0] == lesion[0] and healthy[1] == HEALTHY_ONLY and lesion[1] >= 0
+    resumed = list(PairedStepSampler(size=10, batch=6, seed=3, first_step=6, last_step=7))
+    assert resumed[0] == batches[1]
+    with pytest.raises(InputError, match="even"):
+        PairedStepSampler(size=10, batch=5, seed=0, first_step=0, last_step=1)
+
+
+def test_lesion_pairs_labels_are_true() -> None:
+    pairs = LesionPairs(PhantomBank())
+    healthy, lesioned = pairs[(0, HEALTHY_ONLY)], pairs[(0, 11)]
+    assert healthy.label == 0 and lesioned.label == 1
+    assert healthy.image.shape == (2, 32, 32)
+    assert not torch.equal(healthy.image, lesioned.image)
+
+
+def test_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    bank = PhantomBank()
+    common = dict(batch=4, threads=1, checkpoint_every=2, config=TINY, bf16=False)
+    straight = train_classifier(bank, tmp_path / "straight", steps=4, **common)  # type: ignore[arg-type]
+    train_classifier(bank, tmp_path / "resumed", steps=2, **common)  # type: ignore[arg-type]
+    resumed = train_classifier(bank, tmp_path / "resumed", steps=4, **common)  # type: ignore[arg-type]
+    assert straight.step == resumed.step == 4
+    a = read_classifier_checkpoint(latest_checkpoint(tmp_path / "straight"))  # type: ignore[arg-type]
+    b = read_classifier_checkpoint(latest_checkpoint(tmp_path / "resumed"))  # type: ignore[arg-type]
+    for key, value in a["ema"].items():
+        torch.testing.assert_close(value, b["ema"][key])
+    log = (tmp_path / "resumed" / "loss.csv").read_text().splitlines()
+    assert log[0] == "step,loss,seconds,accuracy" and len(log) == 5
+    with pytest.raises(InputError, match="already holds checkpoints"):
+        train_classifier(bank, tmp_path / "straight", steps=6, resume=False, **common)  # type: ignore[arg-type]
+
+
+def test_exported_weights_load_and_match(tmp_path: Path) -> None:
+    train_classifier(
+        PhantomBank(), tmp_path / "run", steps=1, batch=2, threads=1, config=TINY, bf16=False
+    )
+    exported = export_classifier(tmp_path / "run", tmp_path / "classifier.pt", name="tiny")
+    assert Path(str(exported.path) + ".sha256").read_text().split()[0] == exported.sha256
+    loaded = load_classifier(exported.path)
+    assert loaded.name == "tiny" and loaded.sha256 == exported.sha256 and loaded.config == TINY
+    payload = read_classifier_checkpoint(latest_checkpoint(tmp_path / "run"))  # type: ignore[arg-type]
+    reference = NoiseAwareClassifier(TINY).eval()
+    reference.load_state_dict(payload["ema"])
+    x, t = torch.randn(2, 2, 32, 32), torch.tensor([3, 300])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x, t), reference(x, t))
+
+
+def test_bad_weights_raise_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        load_classifier(tmp_path / "missing.pt")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"format": "something-else"}, wrong)
+    with pytest.raises(InputError, match="not an mrdiff classifier"):
+        load_classifier(wrong)
+    train_classifier(PhantomBank(), tmp_path / "run", steps=1, batch=2, threads=1, config=TINY)
+    exported = export_classifier(tmp_path / "run", tmp_path / "c.pt")
+    Path(str(exported.path) + ".sha256").write_text("0" * 64 + "  c.pt\n")
+    with pytest.raises(InputError, match="do not match"):
+        load_classifier(exported.path)
+
+
+def test_accuracy_by_noise_level_reports_every_level() -> None:
+    magnitudes = [head_phantom(32) * (1 + 0.1 * i) for i in range(3)]
+    images, labels = labelled_set(magnitudes, family=TRAINING_FAMILY, seed=0)
+    assert images.shape[0] == labels.shape[0] == 6
+    rows = accuracy_by_noise_level(
+        NoiseAwareClassifier(TINY), DiffusionSchedule.cosine(), images, labels, timesteps=(0, 500)
+    )
+    assert [row.timestep for row in rows] == [0, 500]
+    assert all(0.0 <= row.accuracy <= 1.0 and 0.0 <= row.auroc <= 1.0 for row in rows)
