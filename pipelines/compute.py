@@ -3,7 +3,7 @@
 The pool yields results in completion order; after each slice :class:`SliceProgress` reports
 progress (into the job record, at most every ``min_interval`` seconds and always for the last
 slice) and asks whether the job may go on. When the job was cancelled, the remaining slices are
-abandoned (their Ray calls are cancelled) and :class:`JobCancelled` is raised, so nothing is
+abandoned (their Ray calls are cancelled) and :class:`JobCancelledError` is raised, so nothing is
 returned, cached or published.
 """
 
@@ -20,7 +20,7 @@ ProgressSink = Callable[[int, int], bool]
 """``(done, total) -> keep_going``; called after each slice (possibly throttled)."""
 
 
-class JobCancelled(Exception):
+class JobCancelledError(Exception):
     """The job's record says ``cancelled``; stop without publishing anything."""
 
 
@@ -55,7 +55,7 @@ class SliceProgress:
         self._last = now
         overall = self.overall_total if self.overall_total is not None else self.total
         if not self.sink(self.offset + done, overall):
-            raise JobCancelled("the job was cancelled")
+            raise JobCancelledError("the job was cancelled")
 
 
 def collect(stream: Iterator[tuple[int, Any]], count: int, progress: SliceProgress) -> ComputeRun:
@@ -89,7 +89,9 @@ def reconstruct_slices(
     return collect(stream, int(kspace.shape[0]), progress)
 
 
-def anomaly_slices(pool: Any, images: np.ndarray, options: Any, progress: SliceProgress) -> ComputeRun:
+def anomaly_slices(
+    pool: Any, images: np.ndarray, options: Any, progress: SliceProgress
+) -> ComputeRun:
     """Anomaly maps of every slice of ``images`` (S, H, W) on the pool."""
     stream = pool.iter_anomaly(images, options)
     return collect(stream, int(images.shape[0]), progress)

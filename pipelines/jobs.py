@@ -17,8 +17,10 @@ make blocking calls to S3 and to the Prefect API.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from pipelines.models import require_models
 from pipelines.options import JobOptions
@@ -31,7 +33,7 @@ from services.recon.errors import InputError
 from services.settings import Settings, get_settings
 from services.storage import keys
 from services.storage.hashing import processing_key
-from services.storage.jobs import JobRecord, JobState
+from services.storage.jobs import CreatedJob, JobRecord, JobState
 from services.storage.storage import Storage
 
 __all__ = [
@@ -41,9 +43,14 @@ __all__ = [
     "PipelineUnavailableError",
     "cancel_job",
     "combined_content_sha256",
+    "create_job",
     "handle_minio_event",
+    "job_processing_key",
+    "read_options_file",
     "submit_job",
 ]
+
+MAX_OPTIONS_BYTES = 64 * 1024
 
 
 def combined_content_sha256(digests: Mapping[str, str]) -> str:
@@ -57,6 +64,16 @@ def combined_content_sha256(digests: Mapping[str, str]) -> str:
     if len(values) == 1:
         return values[0]
     return hashlib.sha256("\n".join(values).encode("ascii")).hexdigest()
+
+
+def job_processing_key(
+    tenant: str, digests: Mapping[str, str], options: JobOptions, settings: Settings
+) -> tuple[str, dict[str, str]]:
+    """The processing key of inputs with these content digests and options, and the models
+    (role -> sha256) it names; :class:`InputError` when a needed model is not installed."""
+    models = require_models(options, settings.prior_path)
+    key = processing_key(combined_content_sha256(digests), options.as_record(), models, tenant)
+    return key, models
 
 
 def check_input_keys(storage: Storage, tenant: str, input_keys: Sequence[str]) -> list[str]:
@@ -96,13 +113,33 @@ def submit_job(
     marked failed with that reason, which frees its processing key for a retry).
     """
     settings = settings or get_settings()
+    created = create_job(
+        storage, tenant, input_keys, options, idempotency_key,
+        content_sha256=content_sha256, settings=settings,
+    )
+    if not created.created:
+        return created.record
+    return start_job_run(storage, created.record, settings)
+
+
+def create_job(
+    storage: Storage,
+    tenant: str,
+    input_keys: Sequence[str],
+    options: JobOptions,
+    idempotency_key: str | None = None,
+    *,
+    content_sha256: Mapping[str, str] | None = None,
+    settings: Settings | None = None,
+) -> CreatedJob:
+    """Create the queued job record (or find the job that already answers), without a run."""
+    settings = settings or get_settings()
     checked = check_input_keys(storage, tenant, input_keys)
-    models = require_models(options, settings.prior_path)
     digests = {
         key: (content_sha256 or {}).get(key) or storage.raw_sha256(key) for key in checked
     }
-    key = processing_key(combined_content_sha256(digests), options.as_record(), models, tenant)
-    created = storage.jobs.create(
+    key, models = job_processing_key(tenant, digests, options, settings)
+    return storage.jobs.create(
         tenant,
         input_keys=checked,
         options=options.as_record(),
@@ -111,9 +148,6 @@ def submit_job(
         content_sha256=digests,
         model_sha256=models,
     )
-    if not created.created:
-        return created.record
-    return start_job_run(storage, created.record, settings)
 
 
 def start_job_run(storage: Storage, record: JobRecord, settings: Settings) -> JobRecord:
@@ -136,6 +170,17 @@ def start_job_run(storage: Storage, record: JobRecord, settings: Settings) -> Jo
         return replace(current, flow_run_id=flow_run_id)
 
     return storage.jobs.update(record.tenant, record.job_id, remember)
+
+
+def read_options_file(storage: Storage, options_key: str, defaults: JobOptions) -> JobOptions:
+    """The options in a raw ``job.json`` over ``defaults``; :class:`InputError` if invalid."""
+    info = storage.raw_info(options_key)
+    if info is not None and info.size > MAX_OPTIONS_BYTES:
+        raise InputError(f"{options_key}: larger than {MAX_OPTIONS_BYTES // 1024} KiB")
+    with tempfile.TemporaryDirectory(prefix="mrdiff-options-") as work:
+        text = storage.download_raw(options_key, Path(work) / "job.json").read_bytes()
+    overrides = JobOptions.parse(text, options_key).model_dump(exclude_unset=True)
+    return defaults.merged(overrides, options_key)
 
 
 def cancel_job(storage: Storage, tenant: str, job_id: str) -> JobRecord:

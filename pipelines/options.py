@@ -63,7 +63,9 @@ class JobOptions(BaseModel):
                 raise InputError(f"{source}: expected a JSON object, got {type(data).__name__}")
             return cls.model_validate(data)
         except json.JSONDecodeError as error:
-            raise InputError(f"{source}: not valid JSON ({error.msg} at line {error.lineno})") from None
+            raise InputError(
+                f"{source}: not valid JSON ({error.msg} at line {error.lineno})"
+            ) from None
         except ValidationError as error:
             first = error.errors()[0]
             where = ".".join(str(part) for part in first.get("loc", ())) or "options"

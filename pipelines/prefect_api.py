@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from services.settings import Settings
 
@@ -66,4 +66,4 @@ def start_deployment_run(
         raise PipelineUnavailableError(
             f"could not start a {deployment} flow run: {type(error).__name__}: {error}"
         ) from error
-    return str(flow_run.id)
+    return str(cast(Any, flow_run).id)

@@ -68,7 +68,7 @@ def train_prior_flow(
     seed: int = 0,
     threads: int | None = None,
     checkpoint_every: int = 250,
-    workers: int = 1,
+    workers: int = 0,
 ) -> list[dict[str, Any]]:
     """Train the prior to ``steps`` total steps, one task per chunk of ``chunk_steps``."""
     settings: dict[str, Any] = {

@@ -42,11 +42,16 @@ fetch `GET /v1/jobs/{{id}}/results`. **{RESEARCH_USE_ONLY.capitalize()}.**
 """
 
 
-def create_app(settings: Settings | None = None, storage: Storage | None = None) -> FastAPI:
-    """The API for ``settings`` (default: from the environment) over ``storage``."""
+def create_app(
+    settings: Settings | None = None,
+    storage: Storage | None = None,
+    config: ApiConfig | None = None,
+) -> FastAPI:
+    """The API for ``settings`` (default: from the environment) over ``storage``; ``config``
+    overrides the limits derived from the settings (tests use small ones)."""
     settings = settings or get_settings()
     storage = storage or Storage.from_settings(settings)
-    config = ApiConfig.from_settings(settings)
+    config = config or ApiConfig.from_settings(settings)
     services = ApiServices(
         settings=settings,
         config=config,

@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("recon", "bench", "data", "train", "stack", "api_keys")
+COMMAND_MODULES = ("recon", "bench", "data", "train", "anomaly", "stack", "api_keys")
 
 
 def register_all(app: typer.Typer) -> None:

@@ -48,7 +48,7 @@ def train_prior_command(
         int | None, typer.Option(help="torch threads (default $MRDIFF_TORCH_THREADS or all cores)")
     ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 250,
-    workers: Annotated[int, typer.Option(help="data-loading worker processes (0 or 1)")] = 1,
+    workers: Annotated[int, typer.Option(help="data-loading worker processes (0 or 1)")] = 0,
 ) -> None:
     """Train the prior, resuming from the run's latest checkpoint if there is one."""
     previous = latest_checkpoint(run)

@@ -21,10 +21,12 @@ only; the seed is carried for the record.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +47,8 @@ from services.recon.unet import crop_to, pad_to_multiple
 
 METHODS = ("guided", "unguided", "zscore")
 RESEARCH_USE_ONLY = "research use only, not for diagnosis"
+DEFAULTS_FILE = Path(__file__).resolve().parent / "weights" / "anomaly_defaults.json"
+"""Knobs chosen on the validation split by ``mrdiff bench tune-anomaly``."""
 
 EpsModel = Callable[[Tensor, Tensor], Tensor]
 Guidance = Callable[[Tensor, int], Tensor]
@@ -68,7 +72,9 @@ class AnomalyConfig:
         if self.method not in METHODS:
             raise InputError(f"unknown anomaly method {self.method!r}; choose {', '.join(METHODS)}")
         if num_timesteps is not None and not 0 < self.noise_level < num_timesteps:
-            raise InputError(f"noise level L must be in [1, {num_timesteps - 1}], got {self.noise_level}")
+            raise InputError(
+                f"noise level L must be in [1, {num_timesteps - 1}], got {self.noise_level}"
+            )
         if self.steps < 1:
             raise InputError(f"steps must be at least 1, got {self.steps}")
         if self.scale < 0:
@@ -76,6 +82,29 @@ class AnomalyConfig:
         if self.smoothing_px < 0:
             raise InputError(f"smoothing must be non-negative, got {self.smoothing_px}")
         return self
+
+
+def load_defaults(path: Path = DEFAULTS_FILE) -> dict[str, Any]:
+    """The file written by the validation tuning, or an empty dict before any tuning."""
+    if not path.is_file():
+        return {}
+    payload: dict[str, Any] = json.loads(path.read_text())
+    return payload
+
+
+def default_config(
+    method: str = "guided", seed: int = 0, path: Path = DEFAULTS_FILE
+) -> AnomalyConfig:
+    """``method``'s knobs as chosen on validation (built-in values before any tuning)."""
+    chosen = load_defaults(path).get("methods", {}).get(method, {})
+    known = {f.name for f in fields(AnomalyConfig)}
+    values = {key: value for key, value in chosen.items() if key in known}
+    return replace(AnomalyConfig(method=method), **values, method=method, seed=seed).validated()
+
+
+def defaults_are_tuned(method: str, path: Path = DEFAULTS_FILE) -> bool:
+    """True when ``method``'s defaults come from a validation run."""
+    return method in load_defaults(path).get("methods", {})
 
 
 class AnomalyResult(NamedTuple):

@@ -13,6 +13,14 @@ Frahm, MRM 2007), through ``sigpy.mri.app.L1WaveletRecon`` / ``TotalVariationRec
 ``weights = mask``. ``lam`` is RELATIVE: ``lam_abs = lam * max|zero-filled|``. The objective is
 then invariant to the data scale (scaling ``y`` by ``a`` scales the solution by ``a``), so one
 log grid of ``lam`` (:data:`LAMBDA_GRID`) is meaningful across scanners and normalisations.
+
+Step sizes are set from exact bounds instead of sigpy's power iteration, which starts from an
+unseeded random vector: ``||M F S||^2 <= max_pixel sum_c |S_c|^2`` and, for the circular finite
+differences of TV, ``||G||^2 <= 4 per axis``. Results are therefore deterministic. TV runs
+primal-dual hybrid gradient (Chambolle and Pock, JMIV 2011) with ``tau * sigma * L^2 = 1`` and
+the primal/dual ratio ``tau / sigma = r^2``, ``r = clip(0.3 / sqrt(lam), 1, 15)``, chosen from
+convergence runs on phantoms (objective within a few percent of a 3000-iteration solution after
+100 iterations); sigpy's default balance (``sigma = 1``) is far slower to converge at small lam.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ BaselineFunction = Callable[..., np.ndarray]
 LAMBDA_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 DEFAULT_LAMBDA = {"cs-l1": 3e-3, "cs-tv": 1e-2}
 DEFAULT_MAX_ITER = 100
+_FINITE_DIFFERENCE_NORM_BOUND = 8.0  # ||G||^2 of 2-D circular finite differences: 4 per axis
+_TV_MAX_STEP_RATIO = 15.0
 
 
 def _validated(
@@ -97,6 +107,21 @@ def _absolute_lambda(
     return float(lam) * float(np.abs(_zero_filled(kspace, mask, maps)).max())
 
 
+def _sense_norm_bound(coil_maps: np.ndarray) -> float:
+    """Upper bound of ``||M F S||^2``: the largest per-pixel sum of squares of the maps."""
+    bound = float(np.max(np.sum(np.abs(coil_maps) ** 2, axis=0)))
+    if bound == 0.0:
+        raise InputError("coil maps are zero everywhere")
+    return bound
+
+
+def _tv_step_ratio(lam: float) -> float:
+    """Square root of the PDHG primal/dual step ratio ``tau / sigma`` for relative ``lam``."""
+    if lam <= 0:
+        return _TV_MAX_STEP_RATIO
+    return float(np.clip(0.3 / np.sqrt(lam), 1.0, _TV_MAX_STEP_RATIO))
+
+
 def _check_iterations(max_iter: int) -> None:
     if max_iter < 1:
         raise InputError(f"max_iter must be >= 1, got {max_iter}")
@@ -120,6 +145,7 @@ def cs_l1_wavelet(
         absolute,
         weights=mask.astype(np.float32),
         max_iter=max_iter,
+        alpha=1.0 / _sense_norm_bound(coil_maps),
         show_pbar=False,
     ).run()
     return np.asarray(sigpy.to_device(image, sigpy.cpu_device), dtype=np.complex64)
@@ -137,12 +163,16 @@ def cs_tv(
     _check_iterations(max_iter)
     absolute = _absolute_lambda(lam, kspace, mask, maps)
     y, coil_maps = _sigpy_problem(kspace, maps)
+    norm = float(np.sqrt(_sense_norm_bound(coil_maps) + _FINITE_DIFFERENCE_NORM_BOUND))
+    ratio = _tv_step_ratio(lam)
     image = sigpy.mri.app.TotalVariationRecon(
         y,
         coil_maps,
         absolute,
         weights=mask.astype(np.float32),
         max_iter=max_iter,
+        tau=ratio / norm,
+        sigma=1.0 / (ratio * norm),
         show_pbar=False,
     ).run()
     return np.asarray(sigpy.to_device(image, sigpy.cpu_device), dtype=np.complex64)

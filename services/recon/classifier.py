@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +95,7 @@ class NoiseAwareClassifier(nn.Module):
         time = self.time_mlp(timestep_embedding(t, self.config.channels[0]))
         h = self.stem(x)
         for level, blocks in enumerate(self.levels):
-            for block in blocks:
+            for block in cast(nn.ModuleList, blocks):
                 h = block(h, time)
             if level < len(self.downsamples):
                 h = self.downsamples[level](h)
@@ -111,6 +111,16 @@ class NoiseAwareClassifier(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         logit = self.lesion_logit(x, t)
         return torch.stack([torch.zeros_like(logit), logit], dim=1)
+
+
+def classifier_to_device(
+    model: NoiseAwareClassifier, device: torch.device | str
+) -> NoiseAwareClassifier:
+    """Move ``model`` to ``device`` with channels_last weights (faster convolutions on CPU)."""
+    moved: NoiseAwareClassifier = cast(Any, model).to(
+        device=device, memory_format=torch.channels_last
+    )
+    return moved
 
 
 def prior_input_from_magnitude(magnitude: Tensor) -> tuple[Tensor, Tensor]:
@@ -193,8 +203,10 @@ def load_classifier(
         model.load_state_dict(payload["state_dict"])
     except (TypeError, ValueError, RuntimeError, KeyError) as error:
         first_line = (str(error).strip().splitlines() or [repr(error)])[0]
-        raise InputError(f"classifier weights {weights_path} are malformed: {first_line}") from error
-    model = model.to(pick_device(device), memory_format=torch.channels_last).eval()
+        raise InputError(
+            f"classifier weights {weights_path} are malformed: {first_line}"
+        ) from error
+    model = classifier_to_device(model, pick_device(device)).eval()
     model.requires_grad_(False)
     return LoadedClassifier(
         model=model,

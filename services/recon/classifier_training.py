@@ -37,6 +37,7 @@ from services.recon.classifier import (
     WEIGHTS_FORMAT_VERSION,
     ClassifierConfig,
     NoiseAwareClassifier,
+    classifier_to_device,
     prior_input_from_magnitude,
 )
 from services.recon.data.lesions import TRAINING_FAMILY, LesionFamily, insert_lesion
@@ -91,7 +92,7 @@ class LesionPairs(Dataset[LabelledSlice]):
     def __len__(self) -> int:
         return len(self.healthy)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]) -> LabelledSlice:  # type: ignore[override]
+    def __getitem__(self, key: tuple[int, int]) -> LabelledSlice:
         index, lesion_seed = key
         complex_slice = self.healthy[index]
         magnitude = torch.linalg.vector_norm(complex_slice.float(), dim=0).numpy()
@@ -166,8 +167,8 @@ class _ClassifierRun:
     ) -> None:
         torch.manual_seed(settings.seed)
         self.config = config
-        self.model = NoiseAwareClassifier(config).to(device, memory_format=torch.channels_last)
-        self.ema_model = NoiseAwareClassifier(config).to(device, memory_format=torch.channels_last)
+        self.model = classifier_to_device(NoiseAwareClassifier(config), device)
+        self.ema_model = classifier_to_device(NoiseAwareClassifier(config), device)
         self.ema_model.load_state_dict(self.model.state_dict())
         self.ema_model.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
@@ -275,13 +276,15 @@ def iter_train_classifier(
         started = time.perf_counter()
         for images, labels in loader:
             generator = _step_generator(settings.seed + 1, state.step)
-            t, noise = paired_noise(len(labels), images.shape[1:], schedule.num_timesteps, generator)
+            t, noise = paired_noise(
+                len(labels), images.shape[1:], schedule.num_timesteps, generator
+            )
             images, labels = images.to(target), labels.to(target)
             loss, logits = classifier_loss(
                 state.model, schedule, images, labels, t.to(target), noise.to(target), settings.bf16
             )
             state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             if settings.grad_clip > 0:
                 nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
             state.optimizer.step()
@@ -394,7 +397,7 @@ class NoiseLevelAccuracy(NamedTuple):
     timestep: int
     accuracy: float
     auroc: float
-    count: int
+    images: int
 
 
 def labelled_set(
@@ -409,7 +412,9 @@ def labelled_set(
         except InputError:
             continue
         for image, label in ((magnitude, 0), (lesioned, 1)):
-            x0, _ = prior_input_from_magnitude(torch.from_numpy(np.asarray(image, np.float32))[None])
+            x0, _ = prior_input_from_magnitude(
+                torch.from_numpy(np.asarray(image, np.float32))[None]
+            )
             images.append(x0[0])
             labels.append(label)
     if not images:
@@ -444,5 +449,46 @@ def accuracy_by_noise_level(
                 logits.append(model.lesion_logit(x_t, tt).float().cpu())
         scores = torch.cat(logits)
         accuracy = float(((scores > 0).long() == labels).float().mean())
-        rows.append(NoiseLevelAccuracy(t, accuracy, auroc(scores.numpy(), labels.numpy()), len(labels)))
+        rows.append(
+            NoiseLevelAccuracy(t, accuracy, auroc(scores.numpy(), labels.numpy()), len(labels))
+        )
     return rows
+
+
+def classifier_card_section(
+    classifier: NoiseAwareClassifier,
+    schedule: DiffusionSchedule,
+    splits: dict[str, tuple[Tensor, Tensor]],
+    title: str,
+    details: Sequence[str] = (),
+    timesteps: Sequence[int] = ACCURACY_TIMESTEPS,
+) -> str:
+    """MODEL_CARD.md section: accuracy and AUROC by noise level on each labelled set."""
+    results = {
+        name: accuracy_by_noise_level(classifier, schedule, images, labels, timesteps)
+        for name, (images, labels) in splits.items()
+    }
+    names = list(results)
+    header = "| t | abar_t | " + " | ".join(f"{n} acc | {n} AUROC" for n in names) + " |"
+    lines = [
+        f"## {title}",
+        "",
+        *details,
+        "",
+        "Accuracy (threshold 0 on the lesion logit) and AUROC of healthy vs lesion on each set's",
+        "slices noised to timestep t (one noise draw per slice; pairs: each slice healthy and with",
+        "one lesion). Research use only, not for diagnosis.",
+        "",
+        header,
+        "|" + "---|" * (2 + 2 * len(names)),
+    ]
+    for row_index, t in enumerate(timesteps):
+        abar = float(schedule.alpha_bars[t])
+        cells = []
+        for name in names:
+            row = results[name][row_index]
+            cells += [f"{row.accuracy:.3f}", f"{row.auroc:.3f}"]
+        lines.append(f"| {t} | {abar:.3f} | " + " | ".join(cells) + " |")
+    counts = ", ".join(f"{n}: {results[n][0].images} images" for n in names)
+    lines += ["", f"Sets: {counts}."]
+    return "\n".join(lines) + "\n"

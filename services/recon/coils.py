@@ -22,6 +22,7 @@ from services.recon.masks import mask_from_kspace
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 DEFAULT_KERNEL_WIDTH = 6
+MIN_KERNEL_WIDTH = 3
 DEFAULT_THRESHOLD = 0.02
 DEFAULT_CROP = 0.95
 MAX_AUTO_CALIB_WIDTH = 24  # sigpy's default; wider regions cost time for little gain
@@ -61,7 +62,7 @@ def espirit_maps(
     calib_width: int | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     crop: float = DEFAULT_CROP,
-    kernel_width: int = DEFAULT_KERNEL_WIDTH,
+    kernel_width: int | None = None,
     max_iter: int = 100,
 ) -> np.ndarray:
     """ESPIRiT maps (C, H, W) complex64 from multi-coil k-space (C, H, W), via sigpy.
@@ -69,7 +70,9 @@ def espirit_maps(
     ``calib_width=None`` uses the largest fully sampled centred square (see
     :func:`calibration_width`), at most ``MAX_AUTO_CALIB_WIDTH`` wide. ``threshold`` is the
     singular-value cut of the calibration matrix relative to the largest, ``crop`` the
-    eigenvalue below which maps are set to zero (outside the object's support). Maps have unit
+    eigenvalue below which maps are set to zero (outside the object's support). The kernel is at
+    most half the calibration width (narrower calibration matrices have too few rows and ESPIRiT
+    crops everything): ``kernel_width=None`` picks ``min(6, calib_width // 2)``. Maps have unit
     sum of squares wherever they are nonzero; the phase is relative to coil 0, as sigpy gives it.
     """
     kspace = np.asarray(kspace)
@@ -83,12 +86,16 @@ def espirit_maps(
         width = min(calibration_width(kspace), MAX_AUTO_CALIB_WIDTH)
     else:
         width = int(calib_width)
-    if width < kernel_width + 1:
-        raise InputError(
-            f"calibration region {width} px is too small for ESPIRiT kernel width {kernel_width}"
-        )
     if width > min(kspace.shape[-2:]):
         raise InputError(f"calib_width {width} exceeds the k-space size {kspace.shape[-2:]}")
+    if kernel_width is None:
+        kernel_width = min(DEFAULT_KERNEL_WIDTH, width // 2)
+    if kernel_width < MIN_KERNEL_WIDTH or width < 2 * kernel_width:
+        raise InputError(
+            f"calibration region of {width} px is too small for ESPIRiT (kernel width "
+            f"{kernel_width}, needs >= {2 * max(kernel_width, MIN_KERNEL_WIDTH)} fully sampled "
+            "centre lines)"
+        )
     maps = sigpy.mri.app.EspiritCalib(
         kspace.astype(np.complex64),
         calib_width=width,
@@ -98,7 +105,10 @@ def espirit_maps(
         max_iter=max_iter,
         show_pbar=False,
     ).run()
-    return normalize_maps(sigpy.to_device(maps, sigpy.cpu_device))
+    maps = normalize_maps(sigpy.to_device(maps, sigpy.cpu_device))
+    if not maps.any():
+        raise InputError("ESPIRiT found no coil sensitivities above the crop threshold")
+    return maps
 
 
 def birdcage_maps(n_coils: int, shape: tuple[int, int]) -> np.ndarray:

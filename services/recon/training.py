@@ -372,11 +372,11 @@ def iter_train(
 
 def open_bank(bank_dir: str | Path) -> Dataset[Tensor]:
     """The training slices of a bank folder (:class:`services.recon.data.bank.SliceBank`)."""
-    from services.recon.data.bank import SliceBank
-
     path = Path(bank_dir)
     if not path.is_dir():
         raise InputError(f"training bank folder not found: {path}")
+    from services.recon.data.bank import SliceBank
+
     bank: Dataset[Tensor] = SliceBank(path)
     return bank
 
@@ -392,7 +392,7 @@ def train_prior(
     resume: bool = True,
     threads: int | None = None,
     checkpoint_every: int = 250,
-    workers: int = 1,
+    workers: int = 0,
     bf16: bool = True,
     device: str | torch.device | None = None,
     unet_config: UNetConfig | None = None,

@@ -11,18 +11,19 @@ still belongs to the same process (its start time), never by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ReadyCheck = Callable[[], bool]
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxies
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,10 @@ def _is_zombie(pid: int) -> bool:
     return stat[stat.rindex(")") + 2 :].startswith("Z")
 
 
-def start_process(spec: ProcessSpec, log_dir: Path) -> tuple[RunningProcess, subprocess.Popen[bytes]]:
-    """Start ``spec`` in a new session with stdout and stderr appended to ``<log_dir>/<name>.log``."""
+def start_process(
+    spec: ProcessSpec, log_dir: Path
+) -> tuple[RunningProcess, subprocess.Popen[bytes]]:
+    """Start ``spec`` in a new session; stdout and stderr go to ``<log_dir>/<name>.log``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{spec.name}.log"
     env = {**os.environ, **spec.env}
@@ -189,25 +192,19 @@ def _wait_gone(process: RunningProcess, timeout: float) -> bool:
 
 def _reap(pid: int) -> None:
     """Collect the exit status of a child of this process (no-op for other processes)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _signal(pid: int, signum: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:
     """Signal the process group this stack created for one process (its leader's pid)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -220,15 +217,13 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 
 def http_ok(url: str, timeout: float = 2.0) -> ReadyCheck:
-    """A readiness check: ``url`` answers with a status below 500."""
+    """A readiness check: ``url`` answers with a success status (redirects followed)."""
 
     def check() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                return int(response.status) < 500
-        except urllib.error.HTTPError as error:
-            return error.code < 500
-        except (OSError, ValueError):
+            with _DIRECT.open(url, timeout=timeout) as response:
+                return int(response.status) < 400
+        except (OSError, ValueError):  # HTTPError (4xx/5xx) is an OSError too
             return False
 
     return check

@@ -4,6 +4,12 @@
 Unset: start a private local cluster on loopback (``address="local"``, so a cluster someone
 else started on this machine is never joined by accident), without the dashboard.
 
+Ray 2.60 on Linux replaces ``_node_ip_address="127.0.0.1"`` by the machine's routable address
+and binds GCS and raylets on every interface. Its single-machine mode
+(``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the default on macOS/Windows) keeps every Ray process
+on 127.0.0.1; :func:`connect_ray` switches it on for the local cluster it starts, which matters
+all the more since that cluster runs without token auth.
+
 Ray 2.60 turns token authentication on for new local clusters unless ``RAY_AUTH_MODE`` says
 otherwise. ``settings.ray_auth_mode`` decides; when it is unset, a local development cluster
 (loopback only) runs with auth disabled and everything else uses tokens
@@ -23,6 +29,7 @@ from services.settings import Settings
 
 LOOPBACK = "127.0.0.1"
 NAMESPACE = "mrdiff"
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class RayConnection(NamedTuple):
@@ -69,6 +76,7 @@ def connect_ray(
             )
             started_local = False
         else:
+            _single_machine_mode()
             ray.init(
                 address="local",
                 num_cpus=num_cpus or settings.ray_num_cpus,
@@ -90,6 +98,14 @@ def connect_ray(
         cpus=float(resources.get("CPU", 0.0)),
         gpus=float(resources.get("GPU", 0.0)),
     )
+
+
+def _single_machine_mode() -> None:
+    """Make Ray bind the cluster this process starts on loopback only (see module docstring)."""
+    from ray._private import ray_constants
+
+    os.environ[SINGLE_MACHINE_ENV] = "0"  # for Ray processes started from here
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read when the node picks its IP address
 
 
 def disconnect_ray() -> None:

@@ -8,10 +8,12 @@ slice arrives exactly once, and :meth:`WorkerPool.reconstruct` returns them in s
 Actor death is survived at two levels. Ray restarts a dead actor (``max_restarts``; the new
 actor loads the models again) and retries the calls it was running (``max_task_retries``).
 When a call still fails because its actor died or is unreachable, the pool resubmits that
-slice to another actor; a slice that has lost ``max_attempts_per_slice`` actors is reported as
-a :class:`WorkerError` rather than retried forever. Errors raised by the reconstruction itself
-(bad input, :class:`~services.recon.errors.InputError`) are not retried: they propagate with
-their own type.
+slice to another actor and sends the died actor no more work until a probe call shows it is
+back (so slices do not queue behind a restart); a slice that has lost
+``max_attempts_per_slice`` actors is reported as a :class:`WorkerError` rather than retried
+forever, and so is a volume whose actors are all gone for good. Errors raised by the
+reconstruction itself (bad input, :class:`~services.recon.errors.InputError`) are not retried:
+they propagate with their own type.
 """
 
 from __future__ import annotations
@@ -251,40 +253,45 @@ class WorkerPool:
         death_errors = _death_errors()
         options_ref = ray.put(options)
         waiting: deque[int] = deque(range(count))
-        avoid: dict[int, int] = {}  # slice index -> actor slot that just died on it
         attempts = [0] * count
         load = [0] * len(actors)
-        pending: dict[Any, tuple[int, int]] = {}  # ObjectRef -> (slice index, actor slot)
+        up = set(range(len(actors)))  # actors that take work; the others are being probed
+        pending: dict[Any, tuple[int, int]] = {}  # slice call -> (slice index, actor slot)
+        probes: dict[Any, int] = {}  # info() call on a died actor -> its slot
         delivered: set[int] = set()
 
-        def choose_slot(index: int) -> int | None:
-            free = [slot for slot in range(len(actors)) if load[slot] < self.in_flight_per_actor]
-            lost_on = avoid.get(index)
-            others = [slot for slot in free if slot != lost_on]
-            if others:
-                return min(others, key=lambda slot: load[slot])
-            if lost_on in free and (len(actors) == 1 or not any(load)):
-                return lost_on  # nobody else can take it now: try the restarted actor
-            return None
-
         def submit() -> None:
-            for index in list(waiting):
-                if all(depth >= self.in_flight_per_actor for depth in load):
+            while waiting:
+                free = [slot for slot in up if load[slot] < self.in_flight_per_actor]
+                if not free:
                     return
-                slot = choose_slot(index)
-                if slot is None:
-                    continue
-                waiting.remove(index)
+                slot = min(free, key=lambda s: (load[s], s))
+                index = waiting.popleft()
                 attempts[index] += 1
                 ref = getattr(actors[slot], method).remote(index, *payload(index), options_ref)
                 pending[ref] = (index, slot)
                 load[slot] += 1
 
+        def actor_died(slot: int) -> None:
+            """Stop sending work to ``slot`` until a probe shows Ray restarted it."""
+            if slot in up:
+                up.discard(slot)
+                probes[actors[slot].info.remote()] = slot
+
         try:
             submit()
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+            while pending or (waiting and probes):
+                ready, _ = ray.wait([*pending, *probes], num_returns=1)
                 for ref in ready:
+                    if ref in probes:
+                        slot = probes.pop(ref)
+                        try:
+                            ray.get(ref)
+                            up.add(slot)
+                            log.info("actor %d is back", slot)
+                        except death_errors:
+                            log.warning("actor %d is gone for good", slot)
+                        continue
                     index, slot = pending.pop(ref)
                     load[slot] -= 1
                     try:
@@ -296,7 +303,7 @@ class WorkerPool:
                             ) from error
                         log.warning("actor %d died on slice %d; resubmitting", slot, index)
                         self.resubmitted += 1
-                        avoid[index] = slot
+                        actor_died(slot)
                         waiting.appendleft(index)
                         continue
                     if returned_index != index or index in delivered:
@@ -304,8 +311,10 @@ class WorkerPool:
                     delivered.add(index)
                     yield index, result
                 submit()
+            if waiting:
+                raise WorkerError(f"all actors died; {len(waiting)} slice(s) left undone")
         finally:
-            for ref in pending:
+            for ref in [*pending, *probes]:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref)
         if len(delivered) != count:

@@ -28,7 +28,9 @@ def ifft2c_numpy(kspace: np.ndarray) -> np.ndarray:
     return np.fft.fftshift(np.fft.ifft2(shifted, axes=axes, norm="ortho"), axes=axes)
 
 
-def ellipse_phantom(slices: int = IO_SLICES, height: int = IO_SIZE, width: int = IO_SIZE) -> np.ndarray:
+def ellipse_phantom(
+    slices: int = IO_SLICES, height: int = IO_SIZE, width: int = IO_SIZE
+) -> np.ndarray:
     """(slices, H, W) float32: a bright ellipse with an inner lesion that moves per slice."""
     rows, columns = np.mgrid[-1 : 1 : height * 1j, -1 : 1 : width * 1j]
     volume = np.zeros((slices, height, width), dtype=np.float32)
@@ -40,44 +42,47 @@ def ellipse_phantom(slices: int = IO_SLICES, height: int = IO_SIZE, width: int =
 
 
 @pytest.fixture(scope="session")
-def fft2c() -> Callable[[np.ndarray], np.ndarray]:
+def centered_fft2() -> Callable[[np.ndarray], np.ndarray]:
     """The centered orthonormal 2-D FFT, as a fixture so tests need not import conftest."""
     return fft2c_numpy
 
 
 @pytest.fixture(scope="session")
-def ifft2c() -> Callable[[np.ndarray], np.ndarray]:
+def centered_ifft2() -> Callable[[np.ndarray], np.ndarray]:
     """The centered orthonormal inverse 2-D FFT."""
     return ifft2c_numpy
 
 
 @pytest.fixture(scope="session")
-def phantom() -> np.ndarray:
+def io_phantom() -> np.ndarray:
     """(3, 32, 32) magnitude phantom whose slices all differ."""
     return ellipse_phantom()
 
 
 @pytest.fixture(scope="session")
-def coil_images(phantom: np.ndarray) -> np.ndarray:
+def io_coil_images(io_phantom: np.ndarray) -> np.ndarray:
     """(3, 4, 32, 32) complex coil images: phantom x smooth coil maps x smooth phase."""
-    slices, height, width = phantom.shape
+    height, width = io_phantom.shape[1:]
     rows, columns = np.mgrid[0:height, 0:width] / max(height, width)
     centres = [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
     maps = np.stack(
-        [np.exp(-((rows - r) ** 2 + (columns - c) ** 2)) * np.exp(1j * (r + 2 * c)) for r, c in centres]
+        [
+            np.exp(-((rows - r) ** 2 + (columns - c) ** 2)) * np.exp(1j * (r + 2 * c))
+            for r, c in centres
+        ]
     )
     phase = np.exp(1j * 0.5 * (rows - columns))
-    return (phantom[:, None] * maps[None] * phase).astype(np.complex64)
+    return (io_phantom[:, None] * maps[None] * phase).astype(np.complex64)
 
 
 @pytest.fixture(scope="session")
-def coil_kspace(coil_images: np.ndarray) -> np.ndarray:
-    """Centered k-space of :func:`coil_images`, (3, 4, 32, 32) complex64."""
-    return fft2c_numpy(coil_images).astype(np.complex64)
+def io_coil_kspace(io_coil_images: np.ndarray) -> np.ndarray:
+    """Centered k-space of :func:`io_coil_images`, (3, 4, 32, 32) complex64."""
+    return fft2c_numpy(io_coil_images).astype(np.complex64)
 
 
 @pytest.fixture(scope="session")
-def line_mask() -> np.ndarray:
+def io_line_mask() -> np.ndarray:
     """(3, 32, 32) column mask: every other phase line plus the 6 central ones, per slice."""
     mask = np.zeros((IO_SLICES, IO_SIZE, IO_SIZE), dtype=bool)
     mask[:, :, ::2] = True
@@ -87,18 +92,26 @@ def line_mask() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def ismrmrd_file(tmp_path_factory: pytest.TempPathFactory, coil_kspace: np.ndarray,
-                 line_mask: np.ndarray) -> Path:
+def io_ismrmrd_file(
+    tmp_path_factory: pytest.TempPathFactory, io_coil_kspace: np.ndarray, io_line_mask: np.ndarray
+) -> Path:
     """Multi-coil ISMRMRD file with 2x readout oversampling, written once."""
     path = tmp_path_factory.mktemp("ismrmrd") / "raw.h5"
-    return write_ismrmrd(path, coil_kspace, mask=line_mask, pixel_spacing_mm=(1.5, 2.0),
-                         slice_thickness_mm=4.0)
+    return write_ismrmrd(
+        path, io_coil_kspace, mask=io_line_mask, pixel_spacing_mm=(1.5, 2.0), slice_thickness_mm=4.0
+    )
 
 
 @pytest.fixture(scope="session")
-def dicom_series_dir(tmp_path_factory: pytest.TempPathFactory, phantom: np.ndarray) -> Path:
+def io_dicom_series_dir(tmp_path_factory: pytest.TempPathFactory, io_phantom: np.ndarray) -> Path:
     """A 3-slice MR series of the phantom (synthetic patient), written once."""
     folder = tmp_path_factory.mktemp("dicom") / "series"
-    write_dicom_series(folder, phantom * 100.0 - 20.0, (1.25, 1.5), 3.0,
-                       series_description="phantom", seed_for_uids=7)
+    write_dicom_series(
+        folder,
+        io_phantom * 100.0 - 20.0,
+        (1.25, 1.5),
+        3.0,
+        series_description="phantom",
+        seed_for_uids=7,
+    )
     return folder

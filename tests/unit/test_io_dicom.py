@@ -13,10 +13,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    JPEG2000Lossless,
     PYDICOM_IMPLEMENTATION_UID,
     EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
     MRImageStorage,
     RLELossless,
     SecondaryCaptureImageStorage,
@@ -29,17 +29,17 @@ from services.recon.io import RESEARCH_USE_ONLY_DICOM, read_dicom_series, write_
 PHANTOM_SCALE = (100.0, -20.0)
 
 
-def written_values(phantom: np.ndarray) -> np.ndarray:
-    return phantom * PHANTOM_SCALE[0] + PHANTOM_SCALE[1]
+def written_values(io_phantom: np.ndarray) -> np.ndarray:
+    return io_phantom * PHANTOM_SCALE[0] + PHANTOM_SCALE[1]
 
 
 def rescale_tolerance(values: np.ndarray) -> float:
     return float(values.max() - values.min()) / 65535
 
 
-def test_series_round_trip(dicom_series_dir: Path, phantom: np.ndarray) -> None:
-    volume = read_dicom_series(dicom_series_dir)
-    expected = written_values(phantom)
+def test_series_round_trip(io_dicom_series_dir: Path, io_phantom: np.ndarray) -> None:
+    volume = read_dicom_series(io_dicom_series_dir)
+    expected = written_values(io_phantom)
     assert volume.images.dtype == np.float32 and volume.images.shape == (3, 32, 32)
     np.testing.assert_allclose(volume.images, expected, atol=rescale_tolerance(expected) + 1e-4)
     assert volume.pixel_spacing_mm == (1.25, 1.5)
@@ -57,8 +57,8 @@ def test_series_round_trip(dicom_series_dir: Path, phantom: np.ndarray) -> None:
     assert len(reference["SourceInstances"]) == 3
 
 
-def test_written_files_are_valid_mr_with_notice(dicom_series_dir: Path) -> None:
-    files = sorted(dicom_series_dir.glob("*.dcm"))
+def test_written_files_are_valid_mr_with_notice(io_dicom_series_dir: Path) -> None:
+    files = sorted(io_dicom_series_dir.glob("*.dcm"))
     assert [f.name for f in files] == ["IM0001.dcm", "IM0002.dcm", "IM0003.dcm"]
     dataset = pydicom.dcmread(files[0])
     assert dataset.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
@@ -75,27 +75,38 @@ def test_written_files_are_valid_mr_with_notice(dicom_series_dir: Path) -> None:
     assert len(uids) == 3
 
 
-def test_uids_are_deterministic_with_a_seed(tmp_path: Path, phantom: np.ndarray,
-                                            dicom_series_dir: Path) -> None:
-    again = write_dicom_series(tmp_path / "again", written_values(phantom), (1.25, 1.5), 3.0,
-                               series_description="phantom", seed_for_uids=7)
-    first = pydicom.dcmread(dicom_series_dir / "IM0002.dcm")
+def test_uids_are_deterministic_with_a_seed(
+    tmp_path: Path, io_phantom: np.ndarray, io_dicom_series_dir: Path
+) -> None:
+    again = write_dicom_series(
+        tmp_path / "again",
+        written_values(io_phantom),
+        (1.25, 1.5),
+        3.0,
+        series_description="phantom",
+        seed_for_uids=7,
+    )
+    first = pydicom.dcmread(io_dicom_series_dir / "IM0002.dcm")
     second = pydicom.dcmread(again[1])
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-                    "FrameOfReferenceUID"):
+    for keyword in (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "FrameOfReferenceUID",
+    ):
         assert first[keyword].value == second[keyword].value
-    other = write_dicom_series(tmp_path / "other", phantom, (1.0, 1.0), 3.0, seed_for_uids=8)
+    other = write_dicom_series(tmp_path / "other", io_phantom, (1.0, 1.0), 3.0, seed_for_uids=8)
     assert pydicom.dcmread(other[1]).SOPInstanceUID != first.SOPInstanceUID
-    unseeded = write_dicom_series(tmp_path / "unseeded", phantom, (1.0, 1.0), 3.0)
+    unseeded = write_dicom_series(tmp_path / "unseeded", io_phantom, (1.0, 1.0), 3.0)
     assert pydicom.dcmread(unseeded[1]).SOPInstanceUID != first.SOPInstanceUID
 
 
 def test_slices_are_ordered_by_position_not_by_file_name(
-    tmp_path: Path, dicom_series_dir: Path, phantom: np.ndarray
+    tmp_path: Path, io_dicom_series_dir: Path, io_phantom: np.ndarray
 ) -> None:
     shuffled = tmp_path / "shuffled"
     shuffled.mkdir()
-    files = sorted(dicom_series_dir.glob("*.dcm"))
+    files = sorted(io_dicom_series_dir.glob("*.dcm"))
     names = ["c.dcm", "a.dcm", "b"]  # no order in names, no suffix on one
     random.Random(0).shuffle(names)
     for file, name in zip(files, names, strict=True):
@@ -103,15 +114,17 @@ def test_slices_are_ordered_by_position_not_by_file_name(
         dataset.InstanceNumber = 7 - dataset.InstanceNumber  # misleading instance numbers
         dataset.save_as(shuffled / name)
     (shuffled / "README.txt").write_text("exported by the phantom scanner")
+    leftover = shuffled / ".IM.tmp-crashed"  # staging folder of an interrupted write: ignored
+    write_dicom_series(leftover, io_phantom[:1], (1.0, 1.0), 3.0)
     volume = read_dicom_series(shuffled)
-    expected = written_values(phantom)
+    expected = written_values(io_phantom)
     np.testing.assert_allclose(volume.images, expected, atol=rescale_tolerance(expected) + 1e-4)
 
 
 def test_instance_number_orders_slices_without_positions(
-    tmp_path: Path, dicom_series_dir: Path, phantom: np.ndarray
+    tmp_path: Path, io_dicom_series_dir: Path, io_phantom: np.ndarray
 ) -> None:
-    files = sorted(dicom_series_dir.glob("*.dcm"))
+    files = sorted(io_dicom_series_dir.glob("*.dcm"))
     stripped = []
     for index, file in enumerate(reversed(files)):
         dataset = pydicom.dcmread(file)
@@ -121,7 +134,7 @@ def test_instance_number_orders_slices_without_positions(
         stripped.append(path)
     volume = read_dicom_series(stripped)
     assert volume.positions is None and volume.affine is None
-    expected = written_values(phantom)
+    expected = written_values(io_phantom)
     np.testing.assert_allclose(volume.images, expected, atol=rescale_tolerance(expected) + 1e-4)
 
 
@@ -137,22 +150,28 @@ def test_rescale_slope_and_intercept_are_applied(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless], ids=["rle", "jpeg2000"])
 def test_compressed_transfer_syntax_round_trip(
-    tmp_path: Path, phantom: np.ndarray, syntax: str
+    tmp_path: Path, io_phantom: np.ndarray, syntax: str
 ) -> None:
-    images = written_values(phantom)
+    images = written_values(io_phantom)
     files = write_dicom_series(tmp_path, images, (1.0, 1.0), 3.0, transfer_syntax=syntax)
     assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == syntax
     volume = read_dicom_series(files)
     np.testing.assert_allclose(volume.images, images, atol=rescale_tolerance(images) + 1e-4)
 
 
-def test_derived_series_joins_the_input_study(tmp_path: Path, dicom_series_dir: Path) -> None:
-    source = read_dicom_series(dicom_series_dir)
+def test_derived_series_joins_the_input_study(tmp_path: Path, io_dicom_series_dir: Path) -> None:
+    source = read_dicom_series(io_dicom_series_dir)
     assert source.dicom_reference is not None
     files = write_dicom_series(
-        tmp_path, source.images * 0.5, source.pixel_spacing_mm or (1.0, 1.0), 3.0,
-        reference=source.dicom_reference, series_description="mrdiff diffusion recon",
-        positions=source.positions, orientation=source.orientation, seed_for_uids=1,
+        tmp_path,
+        source.images * 0.5,
+        source.pixel_spacing_mm or (1.0, 1.0),
+        3.0,
+        reference=source.dicom_reference,
+        series_description="mrdiff diffusion recon",
+        positions=source.positions,
+        orientation=source.orientation,
+        seed_for_uids=1,
     )
     derived = pydicom.dcmread(files[0])
     reference = source.dicom_reference
@@ -162,16 +181,25 @@ def test_derived_series_joins_the_input_study(tmp_path: Path, dicom_series_dir: 
     assert derived.SeriesInstanceUID != reference["SeriesInstanceUID"]
     assert derived.PatientID == reference["PatientID"]
     assert derived.SeriesDescription == f"mrdiff diffusion recon {RESEARCH_USE_ONLY_DICOM}"
-    assert (derived.SourceImageSequence[0].ReferencedSOPInstanceUID
-            == reference["SourceInstances"][0]["SOPInstanceUID"])
+    assert (
+        derived.SourceImageSequence[0].ReferencedSOPInstanceUID
+        == reference["SourceInstances"][0]["SOPInstanceUID"]
+    )
     back = read_dicom_series(tmp_path)
-    assert back.positions is not None
+    assert back.positions is not None and source.positions is not None
     np.testing.assert_allclose(back.positions, source.positions, atol=1e-4)
 
 
-def test_secondary_capture_for_derived_maps(tmp_path: Path, phantom: np.ndarray) -> None:
-    files = write_dicom_series(tmp_path, phantom, (1.0, 1.0), 3.0, reference={},
-                               sop_class="secondary_capture", series_description="x" * 80)
+def test_secondary_capture_for_derived_maps(tmp_path: Path, io_phantom: np.ndarray) -> None:
+    files = write_dicom_series(
+        tmp_path,
+        io_phantom,
+        (1.0, 1.0),
+        3.0,
+        reference={},
+        sop_class="secondary_capture",
+        series_description="x" * 80,
+    )
     dataset = pydicom.dcmread(files[0])
     assert dataset.SOPClassUID == SecondaryCaptureImageStorage
     assert len(dataset.SeriesDescription) <= 64
@@ -224,8 +252,8 @@ def enhanced_mr_file(path: Path, stored: np.ndarray, frame_slices: list[int]) ->
     dataset.save_as(path, enforce_file_format=True)
 
 
-def test_enhanced_multiframe_mr(tmp_path: Path, phantom: np.ndarray) -> None:
-    slices = (phantom * 1000).astype(np.uint16)
+def test_enhanced_multiframe_mr(tmp_path: Path, io_phantom: np.ndarray) -> None:
+    slices = (io_phantom * 1000).astype(np.uint16)
     frame_slices = [2, 0, 1]
     path = tmp_path / "enhanced.dcm"
     enhanced_mr_file(path, slices[frame_slices], frame_slices)
@@ -262,6 +290,7 @@ def local_testdata(name: str) -> Path:
     return Path(str(path))
 
 
+@pytest.mark.filterwarnings("ignore:The pixel data is .* excess padding")
 @pytest.mark.parametrize("name", MR_TEST_FILES)
 def test_pydicom_mr_test_files_load(name: str) -> None:
     path = local_testdata(name)
@@ -275,36 +304,70 @@ def test_pydicom_mr_test_files_load(name: str) -> None:
         assert volume.pixel_spacing_mm is not None
 
 
+@pytest.mark.parametrize("name", ["JPEG2000.dcm", "JPGExtended.dcm", "CT_small.dcm"])
+def test_other_shipped_grayscale_files_decode(name: str) -> None:
+    """JPEG 2000 and JPEG extended (8-bit) decode through the installed plugins."""
+    volume = read_dicom_series(local_testdata(name))
+    assert volume.images.shape[0] == 1 and np.isfinite(volume.images).all()
+    assert volume.images.max() > volume.images.min()
+
+
+def test_file_without_preamble_or_meta_header(tmp_path: Path) -> None:
+    dataset = pydicom.dcmread(local_testdata("MR_small.dcm"))
+    bare = Dataset()
+    bare.update(dataset)  # data set only: no 128-byte preamble, no DICM, no file meta
+    path = tmp_path / "bare"
+    pydicom.dcmwrite(path, bare, implicit_vr=True, little_endian=True)
+    assert path.read_bytes()[128:132] != b"DICM"
+    volume = read_dicom_series(path)
+    np.testing.assert_array_equal(volume.images[0], dataset.pixel_array.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("SC_rgb_rle.dcm", "colour images are not supported"),
+        ("rtplan.dcm", "DICOM without pixel data"),
+        ("MR_truncated.dcm", "MR_truncated.dcm: cannot decode pixel data"),
+    ],
+)
+def test_shipped_files_that_cannot_be_used(name: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        read_dicom_series(local_testdata(name))
+
+
 def test_truncated_pixel_data_is_an_input_error() -> None:
     path = local_testdata("MR_truncated.dcm")
-    with pytest.raises(InputError, match="MR_truncated.dcm: cannot decode pixel data"):
+    with pytest.raises(InputError, match=r"MR_truncated.dcm: cannot decode pixel data"):
         read_dicom_series(path)
 
 
-def test_mixed_series_need_a_choice(tmp_path: Path, dicom_series_dir: Path,
-                                    phantom: np.ndarray) -> None:
+def test_mixed_series_need_a_choice(
+    tmp_path: Path, io_dicom_series_dir: Path, io_phantom: np.ndarray
+) -> None:
     folder = tmp_path / "mixed"
-    shutil.copytree(dicom_series_dir, folder)
-    write_dicom_series(folder / "second", phantom[:2], (1.0, 1.0), 3.0)
-    with pytest.raises(InputError, match="mixed series: 2 series in mixed; pick one with series_uid"):
+    shutil.copytree(io_dicom_series_dir, folder)
+    write_dicom_series(folder / "second", io_phantom[:2], (1.0, 1.0), 3.0)
+    message = "mixed series: 2 series in mixed; pick one with series_uid"
+    with pytest.raises(InputError, match=message):
         read_dicom_series(folder)
     wanted = pydicom.dcmread(folder / "second" / "IM0001.dcm").SeriesInstanceUID
     assert read_dicom_series(folder, series_uid=wanted).images.shape == (2, 32, 32)
-    with pytest.raises(InputError, match="series 1.2.3 not found"):
+    with pytest.raises(InputError, match=r"series 1.2.3 not found"):
         read_dicom_series(folder, series_uid="1.2.3")
 
 
-def test_bad_dicom_inputs(tmp_path: Path, dicom_series_dir: Path) -> None:
+def test_bad_dicom_inputs(tmp_path: Path, io_dicom_series_dir: Path) -> None:
     empty = tmp_path / "empty.dcm"
     empty.touch()
-    with pytest.raises(InputError, match="empty.dcm: empty file"):
+    with pytest.raises(InputError, match=r"empty.dcm: empty file"):
         read_dicom_series(empty)
     text = tmp_path / "text.dcm"
     text.write_text("this is not DICOM at all")
-    with pytest.raises(InputError, match="text.dcm: not"):
+    with pytest.raises(InputError, match=r"text.dcm: not"):
         read_dicom_series(text)
     no_pixels = tmp_path / "no_pixels.dcm"
-    dataset = pydicom.dcmread(dicom_series_dir / "IM0001.dcm")
+    dataset = pydicom.dcmread(io_dicom_series_dir / "IM0001.dcm")
     del dataset.PixelData
     dataset.save_as(no_pixels)
     with pytest.raises(InputError, match="DICOM without pixel data"):
@@ -319,8 +382,8 @@ def test_bad_dicom_inputs(tmp_path: Path, dicom_series_dir: Path) -> None:
         read_dicom_series(tmp_path / "absent.dcm")
 
 
-def test_inconsistent_matrix_within_a_series(tmp_path: Path, dicom_series_dir: Path) -> None:
-    files = sorted(dicom_series_dir.glob("*.dcm"))
+def test_inconsistent_matrix_within_a_series(tmp_path: Path, io_dicom_series_dir: Path) -> None:
+    files = sorted(io_dicom_series_dir.glob("*.dcm"))
     shutil.copy(files[0], tmp_path / "a.dcm")
     dataset = pydicom.dcmread(files[1])
     dataset.Rows, dataset.Columns = 16, 64
@@ -329,16 +392,18 @@ def test_inconsistent_matrix_within_a_series(tmp_path: Path, dicom_series_dir: P
         read_dicom_series(tmp_path)
 
 
-def test_writer_rejects_bad_images_and_existing_files(tmp_path: Path, phantom: np.ndarray) -> None:
-    bad = phantom.copy()
+def test_writer_rejects_bad_images_and_existing_files(
+    tmp_path: Path, io_phantom: np.ndarray
+) -> None:
+    bad = io_phantom.copy()
     bad[1, 2, 3] = np.nan
     with pytest.raises(InputError, match="NaN"):
         write_dicom_series(tmp_path / "out", bad, (1.0, 1.0), 3.0)
     with pytest.raises(InputError, match="spacing"):
-        write_dicom_series(tmp_path / "out", phantom, (0.0, 1.0), 3.0)
+        write_dicom_series(tmp_path / "out", io_phantom, (0.0, 1.0), 3.0)
     assert not (tmp_path / "out").exists()
-    files = write_dicom_series(tmp_path / "out", phantom, (1.0, 1.0), 3.0)
-    with pytest.raises(InputError, match="IM0001.dcm: output already exists"):
-        write_dicom_series(tmp_path / "out", phantom, (1.0, 1.0), 3.0)
-    write_dicom_series(tmp_path / "out", phantom, (1.0, 1.0), 3.0, overwrite=True)
+    files = write_dicom_series(tmp_path / "out", io_phantom, (1.0, 1.0), 3.0)
+    with pytest.raises(InputError, match=r"IM0001.dcm: output already exists"):
+        write_dicom_series(tmp_path / "out", io_phantom, (1.0, 1.0), 3.0)
+    write_dicom_series(tmp_path / "out", io_phantom, (1.0, 1.0), 3.0, overwrite=True)
     assert sorted((tmp_path / "out").iterdir()) == files

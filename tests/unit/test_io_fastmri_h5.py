@@ -21,38 +21,41 @@ def write_raw(path: Path, **datasets: np.ndarray) -> Path:
     return path
 
 
-def masks_for(shape: tuple[int, int, int], line_mask: np.ndarray) -> dict[str, np.ndarray]:
-    slices, height, width = shape
-    columns = line_mask[0, 0]
-    plane = line_mask[0].copy()
+def masks_for(io_line_mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The same sampling as a (W,), an (H, W) and a per-slice (S, H, W) mask."""
+    columns = io_line_mask[0, 0]
+    plane = io_line_mask[0].copy()
     plane[:2] = True  # not constant over rows: a genuine (H, W) mask
-    return {"W": columns, "HW": plane, "SHW": line_mask}
+    return {"W": columns, "HW": plane, "SHW": io_line_mask}
 
 
 @pytest.mark.parametrize("multicoil", [False, True])
 @pytest.mark.parametrize("mask_shape", ["W", "HW", "SHW", "none"])
 def test_read_every_mask_shape(
-    tmp_path: Path, coil_kspace: np.ndarray, line_mask: np.ndarray, multicoil: bool,
+    tmp_path: Path,
+    io_coil_kspace: np.ndarray,
+    io_line_mask: np.ndarray,
+    multicoil: bool,
     mask_shape: str,
 ) -> None:
-    kspace = coil_kspace if multicoil else coil_kspace[:, 0]
+    kspace = io_coil_kspace if multicoil else io_coil_kspace[:, 0]
     expected_mask = np.broadcast_to(
-        masks_for(line_mask.shape, line_mask).get(mask_shape, line_mask), line_mask.shape
+        masks_for(io_line_mask).get(mask_shape, io_line_mask), io_line_mask.shape
     )
     datasets = {"kspace": kspace}
     if mask_shape == "none":
         # without a mask, zero samples are unsampled: zero the unsampled ones in the file
-        full = coil_kspace * expected_mask[:, None]
+        full = io_coil_kspace * expected_mask[:, None]
         datasets["kspace"] = full if multicoil else full[:, 0]
     else:
-        datasets["mask"] = masks_for(line_mask.shape, line_mask)[mask_shape]
+        datasets["mask"] = masks_for(io_line_mask)[mask_shape]
     volume = read_fastmri_h5(write_raw(tmp_path / "k.h5", **datasets))
 
     assert volume.multicoil is multicoil
     assert volume.kspace.dtype == np.complex64
     assert volume.kspace.shape == (3, 4 if multicoil else 1, 32, 32)
     np.testing.assert_array_equal(volume.mask, expected_mask)
-    expected = (coil_kspace if multicoil else coil_kspace[:, :1]) * expected_mask[:, None]
+    expected = (io_coil_kspace if multicoil else io_coil_kspace[:, :1]) * expected_mask[:, None]
     np.testing.assert_allclose(volume.kspace, expected, atol=1e-6)
     assert volume.source == "k.h5"
     assert volume.attrs["acquisition"] == "CORPD_FBK"
@@ -60,16 +63,18 @@ def test_read_every_mask_shape(
     assert volume.simulated is False
 
 
-def test_mask_zeroes_kspace_outside_it(tmp_path: Path, coil_kspace: np.ndarray) -> None:
+def test_mask_zeroes_kspace_outside_it(tmp_path: Path, io_coil_kspace: np.ndarray) -> None:
     columns = np.zeros(32, dtype=np.float32)
     columns[10:20] = 1.0  # fastMRI stores float masks
-    volume = read_fastmri_h5(write_raw(tmp_path / "k.h5", kspace=coil_kspace, mask=columns))
+    volume = read_fastmri_h5(write_raw(tmp_path / "k.h5", kspace=io_coil_kspace, mask=columns))
     assert np.all(volume.kspace[:, :, :, :10] == 0)
-    assert np.all(volume.kspace[:, :, :, 10:20] == coil_kspace[:, :, :, 10:20])
+    assert np.all(volume.kspace[:, :, :, 10:20] == io_coil_kspace[:, :, :, 10:20])
 
 
-def test_complex128_and_compound_kspace_are_accepted(tmp_path: Path, coil_kspace: np.ndarray) -> None:
-    single = coil_kspace[:, 0]
+def test_complex128_and_compound_kspace_are_accepted(
+    tmp_path: Path, io_coil_kspace: np.ndarray
+) -> None:
+    single = io_coil_kspace[:, 0]
     compound = np.empty(single.shape, dtype=[("real", "<f4"), ("imag", "<f4")])
     compound["real"], compound["imag"] = single.real, single.imag
     for name, data in (("c128.h5", single.astype(np.complex128)), ("compound.h5", compound)):
@@ -78,11 +83,11 @@ def test_complex128_and_compound_kspace_are_accepted(tmp_path: Path, coil_kspace
 
 
 def test_write_read_round_trip_keeps_attrs_and_compacts_mask(
-    tmp_path: Path, coil_kspace: np.ndarray, line_mask: np.ndarray
+    tmp_path: Path, io_coil_kspace: np.ndarray, io_line_mask: np.ndarray
 ) -> None:
-    columns_only = np.broadcast_to(line_mask[0, 0], line_mask.shape).copy()
+    columns_only = np.broadcast_to(io_line_mask[0, 0], io_line_mask.shape).copy()
     volume = KspaceVolume(
-        kspace=coil_kspace * columns_only[:, None],
+        kspace=io_coil_kspace * columns_only[:, None],
         multicoil=True,
         mask=columns_only,
         attrs={"mask_kind": "equispaced", "accel": 2.0, "seed": 3, "options": {"a": 1}},
@@ -105,9 +110,9 @@ def test_write_read_round_trip_keeps_attrs_and_compacts_mask(
 
 
 def test_single_coil_is_stored_three_dimensional(
-    tmp_path: Path, coil_kspace: np.ndarray, line_mask: np.ndarray
+    tmp_path: Path, io_coil_kspace: np.ndarray, io_line_mask: np.ndarray
 ) -> None:
-    volume = KspaceVolume(coil_kspace[:, :1] * line_mask[:, None], False, line_mask)
+    volume = KspaceVolume(io_coil_kspace[:, :1] * io_line_mask[:, None], False, io_line_mask)
     path = write_kspace_h5(tmp_path / "single.h5", volume)
     with h5py.File(path, "r") as h5:
         assert h5["kspace"].shape == (3, 32, 32)
@@ -115,9 +120,10 @@ def test_single_coil_is_stored_three_dimensional(
     assert read_fastmri_h5(path).multicoil is False
 
 
-def test_write_refuses_to_overwrite(tmp_path: Path, coil_kspace: np.ndarray,
-                                    line_mask: np.ndarray) -> None:
-    volume = KspaceVolume(coil_kspace * line_mask[:, None], True, line_mask)
+def test_write_refuses_to_overwrite(
+    tmp_path: Path, io_coil_kspace: np.ndarray, io_line_mask: np.ndarray
+) -> None:
+    volume = KspaceVolume(io_coil_kspace * io_line_mask[:, None], True, io_line_mask)
     path = write_kspace_h5(tmp_path / "out.h5", volume)
     before = path.read_bytes()
     with pytest.raises(InputError, match="already exists"):
@@ -127,7 +133,7 @@ def test_write_refuses_to_overwrite(tmp_path: Path, coil_kspace: np.ndarray,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
 
 
-def test_spacing_from_fastmri_ismrmrd_header(tmp_path: Path, coil_kspace: np.ndarray) -> None:
+def test_spacing_from_fastmri_ismrmrd_header(tmp_path: Path, io_coil_kspace: np.ndarray) -> None:
     xml = (
         '<?xml version="1.0"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">'
         "<experimentalConditions><H1resonanceFrequency_Hz>63500000</H1resonanceFrequency_Hz>"
@@ -137,13 +143,13 @@ def test_spacing_from_fastmri_ismrmrd_header(tmp_path: Path, coil_kspace: np.nda
         "<y>48</y><z>3</z></fieldOfView_mm></reconSpace><encodingLimits/>"
         "<trajectory>cartesian</trajectory></encoding></ismrmrdHeader>"
     )
-    path = write_raw(tmp_path / "k.h5", kspace=coil_kspace)
+    path = write_raw(tmp_path / "k.h5", kspace=io_coil_kspace)
     with h5py.File(path, "a") as h5:
         h5.create_dataset("ismrmrd_header", data=xml.encode())
     assert read_fastmri_h5(path).pixel_spacing_mm == (2.0, 1.5)
 
 
-BAD_KSPACE_CASES = {
+BAD_KSPACE_CASES: dict[str, tuple[dict[str, np.ndarray], str]] = {
     "real-valued": ({"kspace": np.ones((2, 8, 8), np.float32)}, "real-valued"),
     "wrong ndim": ({"kspace": np.ones((8, 8), np.complex64)}, "got shape"),
     "five dims": ({"kspace": np.ones((1, 1, 1, 8, 8), np.complex64)}, "got shape"),
@@ -182,19 +188,21 @@ def test_not_hdf5_empty_and_missing_files(tmp_path: Path) -> None:
     text.write_text("not hdf5")
     empty = tmp_path / "empty.h5"
     empty.touch()
-    with pytest.raises(InputError, match="notes.h5: not an HDF5 file"):
+    with pytest.raises(InputError, match=r"notes.h5: not an HDF5 file"):
         read_fastmri_h5(text)
-    with pytest.raises(InputError, match="empty.h5: empty file"):
+    with pytest.raises(InputError, match=r"empty.h5: empty file"):
         read_fastmri_h5(empty)
-    with pytest.raises(InputError, match="missing.h5: no such file"):
+    with pytest.raises(InputError, match=r"missing.h5: no such file"):
         read_fastmri_h5(tmp_path / "missing.h5")
 
 
-def test_bad_volume_to_write_leaves_no_file(tmp_path: Path, coil_kspace: np.ndarray) -> None:
-    wrong_mask = KspaceVolume(coil_kspace, True, np.ones((3, 32, 31), bool))
+def test_bad_volume_to_write_leaves_no_file(tmp_path: Path, io_coil_kspace: np.ndarray) -> None:
+    wrong_mask = KspaceVolume(io_coil_kspace, True, np.ones((3, 32, 31), bool))
     with pytest.raises(InputError, match="mask shape"):
         write_kspace_h5(tmp_path / "out.h5", wrong_mask)
-    unstorable = KspaceVolume(coil_kspace, True, np.ones((3, 32, 32), bool), attrs={"x": object()})
+    unstorable = KspaceVolume(
+        io_coil_kspace, True, np.ones((3, 32, 32), bool), attrs={"x": object()}
+    )
     with pytest.raises(InputError, match="cannot store"):
         write_kspace_h5(tmp_path / "out.h5", unstorable)
     assert list(tmp_path.iterdir()) == []

@@ -48,7 +48,9 @@ def bias_field(rng: np.random.Generator, shape: tuple[int, int], strength: float
     return np.exp(low_order_field(rng, shape, order=3, amplitude=strength)).astype(np.float32)
 
 
-def smooth_phase(rng: np.random.Generator, shape: tuple[int, int], max_radians: float) -> np.ndarray:
+def smooth_phase(
+    rng: np.random.Generator, shape: tuple[int, int], max_radians: float
+) -> np.ndarray:
     """Random global phase plus a 2nd-order smooth phase of std ``max_radians / 2``."""
     offset = rng.uniform(-np.pi, np.pi)
     field = low_order_field(rng, shape, order=2, amplitude=max_radians / 2.0)
@@ -73,9 +75,11 @@ def coarse_grid_field(
 ) -> np.ndarray:
     """Smooth field from a ``grid`` x ``grid`` Gaussian grid (std ``amplitude``), cubic-zoomed."""
     coarse = rng.standard_normal((grid, grid)) * amplitude
-    field = _cubic_upsampling_matrix(shape[0], grid) @ coarse @ _cubic_upsampling_matrix(
-        shape[1], grid
-    ).T
+    field = (
+        _cubic_upsampling_matrix(shape[0], grid)
+        @ coarse
+        @ _cubic_upsampling_matrix(shape[1], grid).T
+    )
     return np.asarray(field, dtype=np.float32)
 
 

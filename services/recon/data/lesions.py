@@ -4,9 +4,9 @@ The classifier of Wolleb et al. ("Diffusion Models for Medical Anomaly Detection
 needs healthy and diseased images; no labelled tumour data ships with any package here, so
 lesions are painted into healthy slices. Each lesion is a soft-edged region with an irregular
 outline, its own intensity (hyper- or hypo-intense relative to the brain's median) and texture,
-optionally wrapped in an oedema-like ring that scales the tissue underneath. Its area runs from a
-few pixels to a fifth of the brain (a quarter with its ring). The ground-truth mask is exact: the pixels whose value the
-lesion (core or ring) sets with a blending weight of at least one half.
+optionally wrapped in an oedema-like ring that scales the tissue underneath. Its core runs from a
+few pixels across to a fifth of the brain (about a quarter with its ring). The ground-truth mask
+is exact: the pixels whose value the lesion (core or ring) sets with a weight of at least 1/2.
 
 Two families keep the score honest. :data:`TRAINING_FAMILY` (noise-perturbed ellipses, moderate
 contrasts) is all the classifier ever sees and is used, with validation slices, to choose
@@ -131,7 +131,7 @@ class LesionedSlice(NamedTuple):
 
 
 def magnitude_of(image: np.ndarray) -> np.ndarray:
-    """Magnitude ``(H, W)`` of a real ``(H, W)``, complex ``(H, W)`` or real/imag ``(2, H, W)`` image."""
+    """Magnitude ``(H, W)`` of a real or complex ``(H, W)`` or a real/imag ``(2, H, W)`` image."""
     array = np.asarray(image)
     if np.iscomplexobj(array) and array.ndim == 2:
         return np.abs(array).astype(np.float64)
@@ -164,15 +164,28 @@ def head_mask(magnitude: np.ndarray) -> np.ndarray:
     return np.asarray(foreground_mask(magnitude), dtype=bool)
 
 
-def brain_region(head: np.ndarray) -> np.ndarray:
-    """Where lesions may sit: the head mask eroded past scalp and skull (about 6% of the size)."""
+def brain_region(magnitude: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """Where lesions may sit: the head's main tissue, eroded past scalp and skull.
+
+    Inside ``head``, the largest connected region of the lightly smoothed magnitude above half
+    its median over the head (so a template's faint background box does not count), holes
+    filled, eroded by about 6% of the image size.
+    """
+    if not head.any():
+        return np.zeros(head.shape, dtype=bool)
+    smooth = ndimage.gaussian_filter(magnitude, 1.0)
+    tissue = head & (smooth > 0.5 * float(np.median(smooth[head])))
+    labels, count = ndimage.label(tissue)
+    if count > 1:
+        sizes = ndimage.sum(tissue, labels, index=np.arange(1, count + 1))
+        tissue = labels == 1 + int(np.argmax(sizes))
+    tissue = ndimage.binary_fill_holes(tissue)
     margin = max(1, round(0.06 * min(head.shape)))
-    inner = ndimage.binary_erosion(head, iterations=margin)
-    return np.asarray(ndimage.binary_fill_holes(inner), dtype=bool)
+    return np.asarray(ndimage.binary_erosion(tissue, iterations=margin), dtype=bool)
 
 
 def size_category(area_px: float, shape: tuple[int, int]) -> str:
-    """``small`` / ``medium`` / ``large`` for a lesion of ``area_px`` pixels in an image of ``shape``."""
+    """Size bin (small, medium, large) of a lesion of ``area_px`` pixels in a ``shape`` image."""
     area_at_reference = area_px * REFERENCE_PIXELS / float(shape[0] * shape[1])
     for name, low, high in SIZE_BINS:
         if low <= area_at_reference < high:
@@ -187,7 +200,7 @@ def _uniform(rng: np.random.Generator, bounds: Range) -> float:
 def sample_lesion_params(
     rng: np.random.Generator, family: LesionFamily, brain: np.ndarray, detail_seed: int
 ) -> LesionParams:
-    """Draw one lesion's parameters; the core area is log-uniform from a few pixels to a fifth of the brain."""
+    """One lesion's parameters; core area log-uniform from a few pixels to a fifth of the brain."""
     scale = brain.size / REFERENCE_PIXELS
     brain_area = float(brain.sum())
     low = family.min_area_px * scale
@@ -284,9 +297,7 @@ def _soft_inside(level: np.ndarray, radius_px: float, edge_px: float) -> np.ndar
     return ramp * ramp * (3.0 - 2.0 * ramp)
 
 
-def _without_islands(
-    weight: np.ndarray, base_radius: np.ndarray, reach_px: float
-) -> np.ndarray:
+def _without_islands(weight: np.ndarray, base_radius: np.ndarray, reach_px: float) -> np.ndarray:
     """``weight`` kept only near the connected parts of ``weight >= 1/2`` that hold a lobe centre.
 
     A lobe centre is where the unperturbed radius is below 0.6 (inside whatever the perturbation
@@ -336,7 +347,9 @@ def render_lesion(
     ring = np.zeros(shape)
     if params.oedema_width > 0:
         outer_radius_px = radius_px * (1.0 + params.oedema_width)
-        outer = _soft_inside(level / (1.0 + params.oedema_width), outer_radius_px, 2 * params.edge_px)
+        outer = _soft_inside(
+            level / (1.0 + params.oedema_width), outer_radius_px, 2 * params.edge_px
+        )
         reach = radius_px * params.oedema_width + 4 * params.edge_px + 1
         outer = _without_islands(outer, base_radius, reach)
         ring = np.clip(outer - core, 0.0, 1.0) * brain_weight
@@ -364,7 +377,7 @@ def insert_lesion(
     head = head_mask(magnitude) if head is None else np.asarray(head, dtype=bool)
     if head.shape != magnitude.shape:
         raise InputError(f"head mask {head.shape} does not fit image {magnitude.shape}")
-    brain = brain_region(head)
+    brain = brain_region(magnitude, head)
     scale = brain.size / REFERENCE_PIXELS
     if brain.sum() < MIN_BRAIN_PIXELS * scale or float(np.median(magnitude[brain])) <= 0:
         raise InputError("slice holds too little brain to insert a lesion")

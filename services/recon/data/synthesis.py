@@ -41,7 +41,7 @@ from services.recon.data.sampling import (
     sample_trilinear,
 )
 from services.recon.data.splits import TRAINING_SOURCES
-from services.recon.data.templates import TISSUE_CLASSES, SourceVolume, load_source
+from services.recon.data.templates import SourceVolume, load_source
 from services.recon.errors import InputError
 
 RecipeMode = Literal["tissue", "intensity", "intensity_with_head"]
@@ -82,6 +82,8 @@ NORMAL_RANGE_MM: dict[str, tuple[float, float]] = {
 }
 """Where the slice may sit along its normal (MNI z, y, x): within the head."""
 HEAD_WIDTH_MM = 200.0
+TEMPLATE_BOTTOM_MM = -72.0
+"""Lowest MNI z of every template: below it the neck is extended and faded (coil coverage)."""
 MIN_HEAD_FRACTION = 0.06
 
 TPM_ONLY = RECIPES[0]
@@ -142,7 +144,7 @@ def tissue_probabilities(recipe: Recipe, points: np.ndarray) -> np.ndarray:
     return np.concatenate([gm_wm, remainder * rest / rest_total], axis=-1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def template_tissue_levels(source_name: str) -> np.ndarray:
     """Typical intensity of each tissue class in an intensity template (6,).
 
@@ -151,7 +153,7 @@ def template_tissue_levels(source_name: str) -> np.ndarray:
     """
     source = load_source(source_name)
     tpm_source = load_source("spm_tpm")
-    step = max(1, int(round(2.0 / source.voxel_mm)))
+    step = max(1, round(4.0 / source.voxel_mm))
     grid = np.stack(
         np.meshgrid(*(np.arange(0, n, step) for n in source.shape), indexing="ij"), axis=-1
     ).reshape(-1, 3)
@@ -226,6 +228,12 @@ def render_magnitude(
     return np.clip(brain_mask * inside + (1.0 - brain_mask) * outside, 0.0, None)
 
 
+def coil_coverage(rng: np.random.Generator, points: np.ndarray) -> np.ndarray:
+    """Signal fall-off below the templates' lowest plane, as a head coil's coverage ends."""
+    depth = np.clip(TEMPLATE_BOTTOM_MM - points[..., 2], 0.0, None)
+    return np.exp(-((depth / rng.uniform(20.0, 60.0)) ** 2)).astype(np.float32)
+
+
 def skull_core(probabilities: np.ndarray) -> np.ndarray:
     """0..1 weight of the middle of the skull (where TPM is most sure of bone): the diploe."""
     return np.clip((probabilities[..., BONE] - 0.6) / 0.25, 0.0, 1.0)
@@ -256,7 +264,7 @@ def synthesize_head_slice_with_info(
     for _attempt in range(8):
         plane = random_plane(rng, orientation, size, pixel_mm)
         points = plane_world_points(plane, elastic_displacement(rng, plane))
-        magnitude = render_magnitude(recipe, points, contrast, rng)
+        magnitude = render_magnitude(recipe, points, contrast, rng) * coil_coverage(rng, points)
         if head_fraction(magnitude) >= MIN_HEAD_FRACTION:
             break
     shape = (size, size)
@@ -291,11 +299,15 @@ def synthesize_head_slice(
     return synthesize_head_slice_with_info(rng, size, pixel_mm).image
 
 
-__all__ = [
-    "RECIPES",
-    "TISSUE_CLASSES",
-    "Recipe",
-    "SynthesizedSlice",
-    "synthesize_head_slice",
-    "synthesize_head_slice_with_info",
-]
+
+
+def example_mosaic(
+    seed: int, rows: int = 4, cols: int = 4, size: int = 128, pixel_mm: float = 2.0
+) -> np.ndarray:
+    """Magnitudes of ``rows * cols`` slices (generators ``default_rng([seed, i])``) tiled."""
+    tiles = [
+        np.abs(synthesize_head_slice(np.random.default_rng([seed, i]), size, pixel_mm))
+        for i in range(rows * cols)
+    ]
+    grid = np.asarray(tiles, dtype=np.float32).reshape(rows, cols, size, size)
+    return grid.transpose(0, 2, 1, 3).reshape(rows * size, cols * size)

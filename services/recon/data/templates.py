@@ -221,9 +221,9 @@ def load_mni152_2009a_tissues() -> SourceVolume:
     )
 
 
-def load_spm_canonical(contrast: Literal["avg152T1", "avg152T2", "avg152PD", "avg305T1"]) -> (
-    SourceVolume
-):
+def load_spm_canonical(
+    contrast: Literal["avg152T1", "avg152T2", "avg152PD", "avg305T1"],
+) -> SourceVolume:
     """An SPM canonical group average (whole head, 2 mm)."""
     member = f"canonical/{contrast}.nii"
     subjects = "305" if contrast.startswith("avg305") else "152"
@@ -311,7 +311,7 @@ SOURCE_LOADERS: dict[str, Callable[[], SourceVolume]] = {
 """Every template this module can load, by source name."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_source(name: str) -> SourceVolume:
     """Load (once per process) the template called ``name``; see :data:`SOURCE_LOADERS`."""
     try:

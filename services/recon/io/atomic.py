@@ -34,8 +34,9 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
     refuse_existing(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}",
-                                         dir=target.parent)
+    handle, temp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent
+    )
     os.close(handle)
     temp = Path(temp_name)
     try:

@@ -19,6 +19,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from services.recon.errors import InputError
 from services.recon.io.geometry import affine_from_planes, slice_normal
@@ -100,14 +101,17 @@ def _collect_files(paths: DicomPaths) -> tuple[list[Path], str, bool]:
             files = sorted(
                 path
                 for path in root.rglob("*")
-                if path.is_file() and not path.name.startswith(".") and path.name != "DICOMDIR"
+                if path.is_file()
+                and path.name != "DICOMDIR"
+                and not any(part.startswith(".") for part in path.relative_to(root).parts)
             )
             return files, root.name, False
         return [require_file(root)], root.name, True
     files = [require_file(path) for path in paths]
     if not files:
         raise InputError("no DICOM files given")
-    return files, f"{files[0].name} and {len(files) - 1} more", True
+    label = files[0].name if len(files) == 1 else f"{files[0].name} and {len(files) - 1} more"
+    return files, label, True
 
 
 def _read(file: Path, strict: bool) -> Dataset | None:
@@ -121,6 +125,7 @@ def _read(file: Path, strict: bool) -> Dataset | None:
             dataset = pydicom.dcmread(file, defer_size="256 KB", force=True)
             if "SOPClassUID" not in dataset:
                 raise InputError(f"{file.name}: not a DICOM file") from None
+            _name_parsed_transfer_syntax(dataset)
             return dataset
     except InputError:
         if strict:
@@ -131,6 +136,19 @@ def _read(file: Path, strict: bool) -> Dataset | None:
             reason = _first_line(error)
             raise InputError(f"{file.name}: not a readable DICOM file ({reason})") from error
         return None
+
+
+def _name_parsed_transfer_syntax(dataset: Dataset) -> None:
+    """Files without a meta header (no preamble): record the encoding pydicom parsed them with."""
+    if "TransferSyntaxUID" in dataset.file_meta:
+        return
+    implicit, little = dataset.original_encoding
+    if implicit:
+        dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        dataset.file_meta.TransferSyntaxUID = (
+            ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
 
 
 def _has_pixels(dataset: Dataset) -> bool:
@@ -210,9 +228,7 @@ def _enhanced_frame(file: Path, dataset: Dataset, index: int, instance: int) -> 
 def _check_matrix(frames: list[_Frame], label: str) -> None:
     sizes = {(int(frame.dataset.Rows), int(frame.dataset.Columns)) for frame in frames}
     if len(sizes) > 1:
-        raise InputError(
-            f"{label}: inconsistent rows/columns within the series: {sorted(sizes)}"
-        )
+        raise InputError(f"{label}: inconsistent rows/columns within the series: {sorted(sizes)}")
 
 
 def _sorted(frames: list[_Frame]) -> list[_Frame]:
@@ -265,8 +281,9 @@ def _volume(frames: list[_Frame], pixels: np.ndarray, label: str) -> ImageVolume
     positions = np.stack(known) if len(known) == len(frames) else None
     affine = None
     if positions is not None and first.orientation is not None and first.pixel_spacing:
-        affine = affine_from_planes(positions, first.orientation, first.pixel_spacing,
-                                    first.thickness)
+        affine = affine_from_planes(
+            positions, first.orientation, first.pixel_spacing, first.thickness
+        )
     return ImageVolume(
         images=pixels,
         pixel_spacing_mm=first.pixel_spacing,

@@ -4,12 +4,14 @@ Pixels are stored as uint16 with RescaleSlope/RescaleIntercept carrying the floa
 scale for the whole series. Every file says "RESEARCH USE ONLY - NOT FOR DIAGNOSIS" in
 SeriesDescription and ImageComments. With a ``reference`` (from
 :attr:`ImageVolume.dicom_reference`) the series joins the input's study and frame of reference
-as a DERIVED series; without one it belongs to a synthetic phantom patient (demo data).
+as a DERIVED series (pass ``reference={}`` for results of non-DICOM inputs: DERIVED, patient
+left empty); without one it belongs to a synthetic phantom patient (demo data only).
 UIDs come from :func:`pydicom.uid.generate_uid`, reproducible when ``seed_for_uids`` is given.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import shutil
@@ -87,16 +89,24 @@ def write_dicom_series(
     center, width = _window(volume, window)
     uids = _UidFactory(seed_for_uids, series_description, reference)
     series = _series_attributes(
-        reference, uids, series_description, series_number, sop_class, geometry,
-        float(slice_thickness_mm), (slope, intercept), (center, width),
+        reference,
+        uids,
+        series_description,
+        series_number,
+        sop_class,
+        geometry,
+        float(slice_thickness_mm),
+        (slope, intercept),
+        (center, width),
     )
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{filename_prefix}.tmp-", dir=folder))
     try:
         staged = []
         for index in range(slices):
-            dataset = _instance(series, uids, index, geometry, stored[index], (rows, columns),
-                                reference)
+            dataset = _instance(
+                series, uids, index, geometry, stored[index], (rows, columns), reference
+            )
             if syntax != ExplicitVRLittleEndian:
                 dataset.compress(syntax)
             path = staging / targets[index].name
@@ -206,7 +216,7 @@ def _series_attributes(
     series = Dataset()
     series.SpecificCharacterSet = "ISO_IR 192"
     series.SOPClassUID = MRImageStorage if sop_class == "mr" else SecondaryCaptureImageStorage
-    patient = {**PHANTOM_PATIENT, **{k: v for k, v in ref.items() if k.startswith("Patient")}}
+    patient = ref if derived else PHANTOM_PATIENT
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge"):
         setattr(series, keyword, patient.get(keyword, ""))
     series.StudyInstanceUID = ref.get("StudyInstanceUID") or uids("study")
@@ -224,10 +234,7 @@ def _series_attributes(
     series.Manufacturer = "mrdiff"
     series.ManufacturerModelName = "mrdiff research reconstruction"
     series.InstitutionName = ""
-    series.SeriesNumber = (
-        series_number if series_number is not None else int(ref.get("SeriesNumber", 0)) + 1000
-        if derived else 1
-    )
+    series.SeriesNumber = _series_number(series_number, ref.get("SeriesNumber"), derived)
     series.SeriesDescription = _described(description)
     series.ImageComments = RESEARCH_USE_ONLY_DICOM
     series.ImageType = ["DERIVED", "SECONDARY"] if derived else ["ORIGINAL", "PRIMARY", "OTHER"]
@@ -270,6 +277,18 @@ def _series_attributes(
     return series
 
 
+def _series_number(requested: int | None, source: Any, derived: bool) -> int:
+    """The requested number; else the source series number + 1000 for derived series; else 1."""
+    if requested is not None:
+        return int(requested)
+    if not derived:
+        return 1
+    try:
+        return int(source) + 1000
+    except (TypeError, ValueError):
+        return 1000
+
+
 def _instance(
     series: Dataset,
     uids: _UidFactory,
@@ -279,8 +298,7 @@ def _instance(
     shape: tuple[int, int],
     reference: Mapping[str, Any] | None,
 ) -> Dataset:
-    dataset = Dataset()
-    dataset.update(series)
+    dataset = copy.deepcopy(series)
     sop_instance = uids(f"instance-{index}")
     dataset.SOPInstanceUID = sop_instance
     dataset.InstanceNumber = index + 1

@@ -138,9 +138,7 @@ def _read_optional_mask(h5: h5py.File, name: str) -> np.ndarray | None:
     return mask != 0
 
 
-def _mask_for_slices(
-    mask: np.ndarray, shape: tuple[int, int, int], name: str
-) -> np.ndarray:
+def _mask_for_slices(mask: np.ndarray, shape: tuple[int, int, int], name: str) -> np.ndarray:
     slices, height, width = shape
     fits = {1: (width,), 2: (height, width), 3: (slices, height, width)}
     if fits.get(mask.ndim) != mask.shape:

@@ -10,6 +10,7 @@ centre, FFT back). Nothing else is cropped unless ``crop_to_recon_space=True``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +75,7 @@ def fft1c(image: np.ndarray, axis: int) -> np.ndarray:
     return np.fft.fftshift(np.fft.fft(shifted, axis=axis, norm="ortho"), axes=axis)
 
 
-def read_ismrmrd(
-    path: str | os.PathLike[str], crop_to_recon_space: bool = False
-) -> KspaceVolume:
+def read_ismrmrd(path: str | os.PathLike[str], crop_to_recon_space: bool = False) -> KspaceVolume:
     """Read Cartesian 2-D ISMRMRD raw data as (slices, coils, readout, phase) k-space.
 
     ``crop_to_recon_space`` also crops the image to the recon-space matrix (the phase direction
@@ -124,15 +123,15 @@ def read_ismrmrd(
     )
 
 
+@dataclass
 class _ImagingLines:
     """Readout lines of the imaging acquisitions, with their counters."""
 
-    def __init__(self) -> None:
-        self.data: list[np.ndarray] = []
-        self.step1: list[int] = []
-        self.slice: list[int] = []
-        self.center: list[int] = []
-        self.skipped = 0
+    data: list[np.ndarray] = field(default_factory=list)
+    step1: list[int] = field(default_factory=list)
+    slice: list[int] = field(default_factory=list)
+    center: list[int] = field(default_factory=list)
+    skipped: int = 0
 
 
 def _parse_header(xml: Any, name: str) -> Any:
@@ -157,7 +156,7 @@ def _read_imaging_lines(file: Path, name: str) -> _ImagingLines:
         for start in range(0, table.shape[0], READ_CHUNK):
             rows = table[start : start + READ_CHUNK]
             head = rows["head"]
-            for row, acq in zip(rows, head, strict=True):
+            for offset, (row, acq) in enumerate(zip(rows, head, strict=True)):
                 if acq["flags"] & skip_bits or acq["encoding_space_ref"] != 0:
                     lines.skipped += 1
                     continue
@@ -166,8 +165,13 @@ def _read_imaging_lines(file: Path, name: str) -> _ImagingLines:
                 _check_counters(acq["idx"], name)
                 channels, samples = int(acq["active_channels"]), int(acq["number_of_samples"])
                 values = np.asarray(row["data"], dtype=np.float32).view(np.complex64)
+                if not np.isfinite(values).all():
+                    raise InputError(f"{name}: acquisition {start + offset} contains NaN or inf")
                 if values.size != channels * samples:
-                    raise InputError(f"{name}: acquisition {start} data size does not match header")
+                    number = start + offset
+                    raise InputError(
+                        f"{name}: acquisition {number} data size does not match header"
+                    )
                 first, last = int(acq["discard_pre"]), samples - int(acq["discard_post"])
                 lines.data.append(values.reshape(channels, samples)[:, first:last])
                 lines.center.append(int(acq["center_sample"]) - first)
@@ -199,7 +203,9 @@ def _fill_matrix(lines: _ImagingLines, encoding: Any, name: str) -> tuple[np.nda
     readout, phase = int(matrix.x), int(matrix.y)
     limits = encoding.encodingLimits
     step1_limit = limits.kspace_encoding_step_1 if limits is not None else None
-    phase_center = step1_limit.center if step1_limit is not None else phase // 2
+    phase_center = phase // 2
+    if step1_limit is not None and (step1_limit.center > 0 or step1_limit.maximum == 0):
+        phase_center = step1_limit.center  # a centre of 0 with more lines means "not set"
     slice_limit = limits.slice if limits is not None else None
     slices = max(max(lines.slice) + 1, (slice_limit.maximum + 1) if slice_limit else 1)
     coils = lines.data[0].shape[0]
@@ -269,9 +275,7 @@ def _crop_to_recon(
     return kspace, mask
 
 
-def _header_attrs(
-    header: Any, oversampling: float, cropped: bool, skipped: int
-) -> dict[str, Any]:
+def _header_attrs(header: Any, oversampling: float, cropped: bool, skipped: int) -> dict[str, Any]:
     """Non-identifying acquisition facts from the XML header."""
     encoding = header.encoding[0]
     encoded, recon = encoding.encodedSpace, encoding.reconSpace
@@ -280,8 +284,11 @@ def _header_attrs(
         "trajectory": encoding.trajectory.value,
         "encoded_matrix": [encoded.matrixSize.x, encoded.matrixSize.y, encoded.matrixSize.z],
         "recon_matrix": [recon.matrixSize.x, recon.matrixSize.y, recon.matrixSize.z],
-        "encoded_fov_mm": [encoded.fieldOfView_mm.x, encoded.fieldOfView_mm.y,
-                           encoded.fieldOfView_mm.z],
+        "encoded_fov_mm": [
+            encoded.fieldOfView_mm.x,
+            encoded.fieldOfView_mm.y,
+            encoded.fieldOfView_mm.z,
+        ],
         "recon_fov_mm": [recon.fieldOfView_mm.x, recon.fieldOfView_mm.y, recon.fieldOfView_mm.z],
         "readout_oversampling_removed": oversampling,
         "cropped_to_recon_space": cropped,
@@ -337,8 +344,12 @@ def write_ismrmrd(
     padded[:, :, start : start + readout] = image
     raw = fft1c(padded, axis=2).astype(np.complex64)
     header = _build_header(
-        (slices, coils, readout, phase), readout_oversampling, pixel_spacing_mm,
-        slice_thickness_mm, simulated, field_strength_t,
+        (slices, coils, readout, phase),
+        readout_oversampling,
+        pixel_spacing_mm,
+        slice_thickness_mm,
+        simulated,
+        field_strength_t,
     )
     target = Path(path)
     with (
@@ -354,9 +365,15 @@ def write_ismrmrd(
                     np.ascontiguousarray(raw[slice_index, :, :, row])
                 )
                 _fill_acquisition_header(
-                    acquisition, counter, slice_index, int(row), slices,
-                    slice_thickness_mm, oversampled,
-                    first=position == 0, last=position == rows.size - 1,
+                    acquisition,
+                    counter,
+                    slice_index,
+                    int(row),
+                    slices,
+                    slice_thickness_mm,
+                    oversampled,
+                    first=position == 0,
+                    last=position == rows.size - 1,
                 )
                 dataset.append_acquisition(acquisition)
                 counter += 1

@@ -70,8 +70,7 @@ def _read_hdf5(source: Path) -> KspaceVolume | ImageVolume:
             source=source.name,
         )
     raise InputError(
-        f"{source.name}: HDF5 file without `kspace`, an ISMRMRD `dataset` group or "
-        "`reconstruction`"
+        f"{source.name}: HDF5 file without `kspace`, an ISMRMRD `dataset` group or `reconstruction`"
     )
 
 

@@ -1,0 +1,331 @@
+"""`mrdiff anomaly`, `mrdiff train classifier|export-classifier`, `mrdiff bench anomaly|tune-anomaly`.
+
+Anomaly maps after Wolleb et al. (MICCAI 2022); see :mod:`services.recon.anomaly`.
+Research use only, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import h5py
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.recon.anomaly import (
+    METHODS,
+    RESEARCH_USE_ONLY,
+    AnomalyConfig,
+    AnomalyDetector,
+    AnomalyResult,
+    default_config,
+    defaults_are_tuned,
+)
+from services.recon.errors import InputError
+
+MethodOption = Annotated[str, typer.Option(help=f"one of {', '.join(METHODS)}")]
+PriorOption = Annotated[Path | None, typer.Option("--weights", help="prior weights file")]
+ClassifierOption = Annotated[Path | None, typer.Option(help="classifier weights file")]
+
+
+def build_detector(
+    method: str,
+    weights: Path | None = None,
+    classifier: Path | None = None,
+    noise_level: int | None = None,
+    scale: float | None = None,
+    steps: int | None = None,
+    smoothing: float | None = None,
+    seed: int = 0,
+) -> AnomalyDetector:
+    """A detector with the validation-chosen defaults, overridden where a knob is given."""
+    from services.recon.classifier import load_classifier
+    from services.recon.prior import load_prior
+
+    config = default_config(method, seed=seed)
+    overrides: dict[str, Any] = {
+        "noise_level": noise_level,
+        "scale": scale,
+        "steps": steps,
+        "smoothing_px": smoothing,
+    }
+    config = AnomalyConfig(
+        **{**config.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
+    )
+    prior = load_prior(weights) if method != "zscore" else None
+    loaded_classifier = load_classifier(classifier) if method == "guided" else None
+    return AnomalyDetector(prior, loaded_classifier, config)
+
+
+def write_anomaly_h5(
+    path: Path, results: list[AnomalyResult], attrs: dict[str, Any], overwrite: bool
+) -> None:
+    """``anomaly_map``, ``healthy``, ``anomaly_mask`` (slices x H x W) and attributes, atomically."""
+    from services.recon.io.atomic import atomic_output
+    from services.recon.io.hdf5_attrs import write_attrs
+
+    with atomic_output(path, overwrite) as temporary, h5py.File(temporary, "w") as h5:
+        h5.create_dataset("anomaly_map", data=np.stack([r.anomaly_map for r in results]))
+        h5.create_dataset("healthy", data=np.stack([r.healthy for r in results]))
+        h5.create_dataset("anomaly_mask", data=np.stack([r.anomaly_mask for r in results]))
+        write_attrs(h5.attrs, {**attrs, "research_use_only": RESEARCH_USE_ONLY})
+
+
+def anomaly(
+    input_path: Annotated[
+        Path, typer.Argument(help="magnitude images: reconstruction HDF5, DICOM file/folder, NIfTI")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="output HDF5 file")],
+    method: MethodOption = "guided",
+    noise_level: Annotated[
+        int | None, typer.Option("--L", help="DDIM encoding depth (default: chosen on validation)")
+    ] = None,
+    scale: Annotated[
+        float | None, typer.Option("--s", help="guidance scale (default: chosen on validation)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="DDIM steps between 0 and L")] = None,
+    smoothing: Annotated[float | None, typer.Option(help="Gaussian smoothing (px at 128)")] = None,
+    seed: Annotated[int, typer.Option(help="seed recorded with the output")] = 0,
+    weights: PriorOption = None,
+    classifier: ClassifierOption = None,
+    batch: Annotated[int, typer.Option(help="slices per batch")] = 4,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
+) -> None:
+    """Anomaly maps of every slice (research use only, not for diagnosis)."""
+    from services.recon.io import ImageVolume, read_input
+
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists; pass --overwrite to replace it")
+    if batch < 1:
+        raise InputError(f"batch must be at least 1, got {batch}")
+    volume = read_input(input_path)
+    if not isinstance(volume, ImageVolume):
+        raise InputError(
+            f"{input_path} holds k-space; reconstruct it first (mrdiff reconstruct --anomaly)"
+        )
+    detector = build_detector(
+        method, weights, classifier, noise_level, scale, steps, smoothing, seed
+    )
+    started = time.perf_counter()
+    results: list[AnomalyResult] = []
+    for start in range(0, volume.images.shape[0], batch):
+        results.extend(detector.detect_batch(volume.images[start : start + batch]))
+    seconds = time.perf_counter() - started
+    attrs: dict[str, Any] = {
+        **detector.attributes(),
+        "seed": seed,
+        "seconds": seconds,
+        "source": volume.source,
+        "model_versions": json.dumps(detector.model_versions(), sort_keys=True),
+        "defaults_tuned_on_validation": defaults_are_tuned(method),
+    }
+    write_anomaly_h5(out, results, attrs, overwrite)
+    typer.echo(f"wrote {out} ({len(results)} slices, {method}, {seconds:.1f} s)")
+
+
+def train_classifier_command(
+    bank: Annotated[Path, typer.Option(help="slice bank folder (mrdiff data build-bank)")],
+    run: Annotated[Path, typer.Option(help="run folder: checkpoints and loss.csv")] = Path(
+        "runs/classifier"
+    ),
+    steps: Annotated[int, typer.Option(help="total optimisation steps of the run")] = 4000,
+    batch: Annotated[int, typer.Option(help="images per step (pairs: even)")] = 16,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 3e-4,
+    seed: Annotated[int, typer.Option(help="seed of slices, lesions, timesteps and noise")] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads (the prior trains beside)")] = 1,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 200,
+    workers: Annotated[int, typer.Option(help="data-loading worker processes (0 or 1)")] = 0,
+) -> None:
+    """Train the noise-aware healthy-vs-lesion classifier, resuming the run if it exists."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from services.recon.classifier_training import train_classifier
+    from services.recon.training import StepLog
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        "loss {task.fields[loss]}",
+    ) as bar:
+        task = bar.add_task("training classifier", total=steps, loss="-")
+
+        def show(entry: StepLog) -> None:
+            bar.update(task, completed=entry.step, loss=f"{entry.loss:.4f}")
+
+        result = train_classifier(
+            bank,
+            run,
+            steps,
+            batch=batch,
+            lr=lr,
+            seed=seed,
+            threads=threads,
+            checkpoint_every=checkpoint_every,
+            workers=workers,
+            on_step=show,
+        )
+    speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""
+    typer.echo(f"run {run} at step {result.step}/{steps}{speed}; checkpoint {result.checkpoint}")
+
+
+def export_classifier_command(
+    run: Annotated[Path, typer.Option(help="run folder to export from")] = Path("runs/classifier"),
+    out: Annotated[Path, typer.Option(help="weights file to write")] = Path(
+        "services/recon/weights/classifier.pt"
+    ),
+    name: Annotated[str | None, typer.Option(help="model name stored in the file")] = None,
+    card: Annotated[
+        Path | None, typer.Option(help="also write the MODEL_CARD section (accuracy by noise)")
+    ] = None,
+) -> None:
+    """Write the EMA weights of the classifier run (with a .sha256) and optionally its card."""
+    from services.recon.classifier import load_classifier
+    from services.recon.classifier_training import (
+        classifier_card_section,
+        export_classifier,
+        labelled_set,
+    )
+    from services.recon.data.lesions import HELD_OUT_FAMILY, TRAINING_FAMILY
+    from services.recon.data.splits import load_split
+
+    exported = export_classifier(run, out, name=name)
+    typer.echo(f"wrote {exported.path} (step {exported.step}, {exported.size_bytes / 1e6:.2f} MB)")
+    if card is None:
+        return
+    loaded = load_classifier(exported.path)
+    sets = {
+        "validation": labelled_set(
+            [s.image for s in load_split("validation")], TRAINING_FAMILY, seed=50_000
+        ),
+        "evaluation": labelled_set(
+            [s.image for s in load_split("evaluation")], HELD_OUT_FAMILY, seed=70_000
+        ),
+    }
+    details = [
+        f"- weights: `{exported.path.name}`, sha256 `{exported.sha256}`, "
+        f"{exported.size_bytes / 1e6:.2f} MB, {exported.step} steps",
+        f"- architecture: {loaded.config.to_dict()}",
+        "- trained on: slice-bank magnitudes (zero phase, p99 = 1), each slice healthy and with a "
+        "training-family lesion, t uniform over the cosine schedule (T = 1000)",
+        "- validation = validation split + training-family lesions; evaluation = evaluation split "
+        "+ held-out lesion family (never trained on)",
+    ]
+    text = classifier_card_section(
+        loaded.model, loaded.schedule, sets, "Anomaly classifier (noise-aware)", details
+    )
+    card.parent.mkdir(parents=True, exist_ok=True)
+    temporary = card.with_name(f".{card.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(card)
+    typer.echo(text)
+
+
+def print_rows(rows: list[Any], title: str) -> None:
+    """The benchmark table."""
+    columns = (
+        "slices",
+        "auroc_head",
+        "auroc_image",
+        "dice_otsu",
+        "dice_otsu_medium_large",
+        "dice_best_oracle",
+        "detected_small",
+        "detected_medium",
+        "detected_large",
+        "mean_map_lesion_free",
+        "mean_map_lesion",
+        "slice_auroc",
+        "seconds",
+    )
+    table = Table(title=title)
+    for column in ("inputs", "method", "subset", *columns):
+        table.add_column(column, justify="right")
+    for row in rows:
+        cells = [f"{row.values[c]:.3g}" if c in row.values else "-" for c in columns]
+        table.add_row(row.inputs, row.method, row.subset, *cells)
+    Console(width=240).print(table)
+
+
+def tune_anomaly_command(
+    methods: Annotated[str, typer.Option(help="methods to tune")] = "guided,unguided,zscore",
+    max_slices: Annotated[int | None, typer.Option(help="validation slices (default all)")] = None,
+    weights: PriorOption = None,
+    classifier: ClassifierOption = None,
+    steps: Annotated[int, typer.Option(help="DDIM steps between 0 and L")] = 25,
+    batch: Annotated[int, typer.Option(help="slices per batch")] = 8,
+) -> None:
+    """Choose L, s and smoothing on the VALIDATION split (training-family lesions) and store them."""
+    from services.bench import anomaly as bench
+    from services.recon.classifier import load_classifier
+    from services.recon.prior import load_prior
+
+    chosen_methods = [m.strip() for m in methods.split(",") if m.strip()]
+    cases = bench.build_cases("validation", max_slices)
+    prior = load_prior(weights) if set(chosen_methods) - {"zscore"} else None
+    loaded = load_classifier(classifier) if "guided" in chosen_methods else None
+    chosen: dict[str, bench.TuningResult] = {}
+    for method in chosen_methods:
+        base = AnomalyConfig(method=method, steps=steps)
+        result = bench.tune_method(prior, loaded, method, cases, base, batch=batch)
+        chosen[method] = result
+        typer.echo(
+            f"{method}: L={result.config.noise_level} s={result.config.scale} "
+            f"smoothing={result.config.smoothing_px} (validation AUROC {result.auroc_head:.3f}, "
+            f"Dice {result.dice_otsu:.3f}, {result.tried} settings)"
+        )
+    bench.save_defaults(chosen, prior, loaded)
+    typer.echo(f"stored in {bench.DEFAULTS_FILE}")
+
+
+def bench_anomaly_command(
+    methods: Annotated[str, typer.Option(help="methods")] = "guided,unguided,zscore",
+    max_slices: Annotated[int | None, typer.Option(help="evaluation slices (default all)")] = None,
+    recon_slices: Annotated[
+        int, typer.Option(help="slices also mapped from 4x diffusion reconstructions")
+    ] = 8,
+    weights: PriorOption = None,
+    classifier: ClassifierOption = None,
+    batch: Annotated[int, typer.Option(help="slices per batch")] = 8,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write rows as JSON")] = None,
+) -> None:
+    """Anomaly maps on the EVALUATION split with held-out-family lesions and lesion-free slices."""
+    from services.bench import anomaly as bench
+
+    chosen_methods = [m.strip() for m in methods.split(",") if m.strip()]
+    cases = bench.build_cases("evaluation", max_slices)
+    detectors = {m: build_detector(m, weights, classifier) for m in chosen_methods}
+    recon = None
+    if recon_slices > 0:
+        from services.recon.engine import ReconEngine, ReconOptions
+
+        engine = ReconEngine(prior_path=weights)
+
+        def recon(kspace: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:
+            options = ReconOptions(method="diffusion", seed=seed)
+            return engine.reconstruct_slice(kspace, mask, False, options).reconstruction
+
+    rows = bench.bench_anomaly(detectors, cases, recon, recon_slices, batch)
+    for method, detector in detectors.items():
+        typer.echo(f"{method}: {detector.attributes()}")
+    print_rows(rows, "mrdiff bench anomaly (evaluation split, held-out lesion family)")
+    if json_out is not None:
+        json_out.write_text(json.dumps([row._asdict() for row in rows], indent=2) + "\n")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `anomaly`, `train classifier|export-classifier` and `bench anomaly|tune-anomaly`."""
+    from services.commands.bench import bench_app
+    from services.commands.train import train_app
+
+    app.command("anomaly")(anomaly)
+    train_app.command("classifier")(train_classifier_command)
+    train_app.command("export-classifier")(export_classifier_command)
+    bench_app.command("tune-anomaly")(tune_anomaly_command)
+    bench_app.command("anomaly")(bench_anomaly_command)

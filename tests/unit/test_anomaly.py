@@ -1,0 +1,202 @@
+"""Anomaly maps on a tiny random network: shape, sign, determinism, s = 0 is unguided; baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from services.recon.anomaly import (
+    AnomalyConfig,
+    AnomalyDetector,
+    EpsModel,
+    ddim_decode,
+    ddim_encode,
+    otsu_mask,
+    zscore_map,
+)
+from services.recon.classifier import ClassifierConfig, LoadedClassifier, NoiseAwareClassifier
+from services.recon.data.lesions import insert_lesion
+from services.recon.diffusion import DiffusionSchedule, space_timesteps
+from services.recon.errors import InputError
+from services.recon.metrics import foreground_mask
+from services.recon.prior import LoadedPrior
+from services.recon.unet import UNet, UNetConfig
+from tests.unit.test_lesions import head_phantom
+
+SCHEDULE = DiffusionSchedule.cosine()
+
+
+def randomised(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weights everywhere (zero-initialised branches too), so the net does something."""
+    torch.manual_seed(seed)
+    for parameter in module.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    return module.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior() -> LoadedPrior:
+    torch.set_num_threads(1)
+    config = UNetConfig(channels=(8, 16), blocks_per_level=1, norm_groups=4, time_embedding_dim=16)
+    model = randomised(UNet(config), 0)
+    assert isinstance(model, UNet)
+    return LoadedPrior(model, config, SCHEDULE, "0" * 64, "tiny-prior", Path("tiny"), 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier() -> LoadedClassifier:
+    config = ClassifierConfig(channels=(8, 16), norm_groups=4, time_embedding_dim=16)
+    model = randomised(NoiseAwareClassifier(config), 1)
+    assert isinstance(model, NoiseAwareClassifier)
+    return LoadedClassifier(model, config, SCHEDULE, "1" * 64, "tiny-clf", Path("tiny"), 0)
+
+
+def detector(prior: LoadedPrior, classifier: LoadedClassifier, **knobs: object) -> AnomalyDetector:
+    settings: dict[str, object] = {"noise_level": 300, "steps": 4, "scale": 50.0, **knobs}
+    return AnomalyDetector(prior, classifier, AnomalyConfig(**settings))  # type: ignore[arg-type]
+
+
+def test_map_has_input_shape_and_is_non_negative(
+    tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    image = head_phantom(32) * 250.0
+    for method in ("guided", "unguided", "zscore"):
+        result = detector(tiny_prior, tiny_classifier, method=method).detect(image)
+        assert result.anomaly_map.shape == result.healthy.shape == image.shape
+        assert result.anomaly_mask.shape == image.shape and result.anomaly_mask.dtype == bool
+        assert result.anomaly_map.min() >= 0
+        assert np.isfinite(result.anomaly_map).all() and result.seconds >= 0
+    # Sizes that are not a multiple of the UNet's are padded inside and cropped back.
+    odd = detector(tiny_prior, tiny_classifier).detect(head_phantom(36)[:, 2:32])
+    assert odd.anomaly_map.shape == (36, 30)
+
+
+def test_same_seed_gives_the_same_map(
+    tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    image = head_phantom(32)
+    first = detector(tiny_prior, tiny_classifier, seed=5).detect(image)
+    second = detector(tiny_prior, tiny_classifier, seed=5).detect(image)
+    np.testing.assert_array_equal(first.anomaly_map, second.anomaly_map)
+    np.testing.assert_array_equal(first.anomaly_mask, second.anomaly_mask)
+
+
+def test_zero_guidance_equals_unguided_and_guidance_changes_the_result(
+    tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    image = head_phantom(32)
+    guided_zero = detector(tiny_prior, tiny_classifier, method="guided", scale=0.0).detect(image)
+    unguided = detector(tiny_prior, tiny_classifier, method="unguided").detect(image)
+    guided = detector(tiny_prior, tiny_classifier, method="guided", scale=500.0).detect(image)
+    np.testing.assert_array_equal(guided_zero.healthy, unguided.healthy)
+    np.testing.assert_array_equal(guided_zero.anomaly_map, unguided.anomaly_map)
+    assert not np.allclose(guided.healthy, unguided.healthy)
+
+
+def test_batch_equals_one_by_one(
+    tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    images = np.stack([head_phantom(32), head_phantom(32)[::-1].copy() * 3])
+    found = detector(tiny_prior, tiny_classifier, bf16=False)
+    batch = found.detect_batch(images)
+    single = found.detect(images[1])
+    np.testing.assert_allclose(batch[1].anomaly_map, single.anomaly_map, rtol=1e-4, atol=1e-6)
+
+
+def oracle_eps(target: Tensor) -> EpsModel:
+    """The exact noise predictor of a data set holding only ``target``."""
+
+    def eps(x: Tensor, t: Tensor) -> Tensor:
+        abar = SCHEDULE.alpha_bar(t, x)
+        return (x - abar.sqrt() * target) / (1 - abar).sqrt()
+
+    return eps
+
+
+def test_ddim_encode_decode_round_trip_with_an_exact_model() -> None:
+    target = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    timesteps = [t for t in space_timesteps(1000, 11, 600) if t > 0]
+    eps = oracle_eps(target)
+    encoded = ddim_encode(eps, SCHEDULE, target, timesteps)
+    assert not torch.allclose(encoded, target)
+    decoded = ddim_decode(eps, SCHEDULE, encoded, timesteps)
+    torch.testing.assert_close(decoded, target)
+    # A constant guidance direction moves the result along that direction.
+    direction = torch.randn_like(target)
+    steered = ddim_decode(
+        eps,
+        SCHEDULE,
+        encoded,
+        timesteps,
+        guidance=lambda x, t: direction,
+    )
+    assert float(((steered - target) * direction).sum()) > 0
+
+
+def test_zscore_baseline_flags_a_bright_lesion() -> None:
+    image = head_phantom(64)
+    candidates = (insert_lesion(image, seed=seed) for seed in range(50))
+    lesioned = next(c for c in candidates if c.params.hyperintense and c.lesion_mask.sum() > 20)
+    head = foreground_mask(lesioned.image)
+    score, healthy = zscore_map(lesioned.image.astype(np.float64), head)
+    assert np.all(score[~head] == 0) and np.all(healthy[~head] == lesioned.image[~head])
+    assert score[lesioned.lesion_mask].mean() > score[head & ~lesioned.lesion_mask].mean()
+
+
+def test_otsu_mask_stays_in_the_head_and_is_empty_for_a_flat_map() -> None:
+    head = np.zeros((16, 16), bool)
+    head[4:12, 4:12] = True
+    values = np.zeros((16, 16))
+    values[6:8, 6:8] = 5.0
+    values[0, 0] = 9.0
+    mask = otsu_mask(values, head)
+    assert mask[6:8, 6:8].all() and not mask[0, 0] and mask.sum() == 4
+    assert not otsu_mask(np.ones((16, 16)), head).any()
+
+
+def test_bad_input_and_options_raise_input_error(
+    tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    found = detector(tiny_prior, tiny_classifier)
+    with pytest.raises(InputError, match="slices"):
+        found.detect_batch(np.zeros((2, 2, 32, 32)))
+    with pytest.raises(InputError, match="NaN"):
+        found.detect(np.full((32, 32), np.nan))
+    with pytest.raises(InputError, match="all zeros"):
+        found.detect(np.zeros((32, 32)))
+    with pytest.raises(InputError, match="too small"):
+        found.detect(np.ones((8, 8)))
+    with pytest.raises(InputError, match="noise level"):
+        detector(tiny_prior, tiny_classifier, noise_level=1000)
+    with pytest.raises(InputError, match="unknown anomaly method"):
+        detector(tiny_prior, tiny_classifier, method="magic")
+    with pytest.raises(InputError, match="classifier"):
+        AnomalyDetector(tiny_prior, None, AnomalyConfig(method="guided"))
+    with pytest.raises(InputError, match="prior"):
+        AnomalyDetector(None, None, AnomalyConfig(method="unguided"))
+    other = LoadedClassifier(
+        tiny_classifier.model,
+        tiny_classifier.config,
+        DiffusionSchedule.cosine(500),
+        "2",
+        "x",
+        Path("x"),
+        0,
+    )
+    with pytest.raises(InputError, match="noise schedules"):
+        AnomalyDetector(tiny_prior, other, AnomalyConfig(method="guided"))
+
+
+def test_attributes_name_models_and_knobs(
+    tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    attrs = detector(tiny_prior, tiny_classifier, seed=9).attributes()
+    assert attrs["anomaly_L"] == 300 and attrs["anomaly_s"] == 50.0 and attrs["anomaly_seed"] == 9
+    assert attrs["classifier_sha256"] == "1" * 64 and attrs["prior_sha256"] == "0" * 64
+    assert attrs["research_use_only"] == "research use only, not for diagnosis"
+    zscore = AnomalyDetector(None, None, AnomalyConfig(method="zscore")).attributes()
+    assert "prior_sha256" not in zscore and "anomaly_L" not in zscore

@@ -1,0 +1,194 @@
+"""Training the prior on a tiny random data set: loss, resume, checkpoints, export, loading."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from services.recon.diffusion import DiffusionSchedule
+from services.recon.errors import InputError
+from services.recon.prior import load_prior, p99_scale
+from services.recon.training import (
+    StepBatchSampler,
+    TrainSettings,
+    checkpoint_paths,
+    diffusion_loss,
+    export_weights,
+    iter_train,
+    read_checkpoint,
+    to_prior_intensity,
+    train_prior,
+)
+from services.recon.unet import UNet, UNetConfig
+
+TINY = UNetConfig(channels=(8, 16), norm_groups=4, time_embedding_dim=16)
+
+
+class RandomSlices(Dataset[Tensor]):
+    """Smooth random complex images (2, 16, 16), float32, like a slice bank yields."""
+
+    def __init__(self, count: int = 12, size: int = 16) -> None:
+        generator = torch.Generator().manual_seed(0)
+        coarse = torch.randn(count, 2, size // 4, size // 4, generator=generator)
+        self.images = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.images[index] * (index + 1)  # varied intensities, normalised in training
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def train(run: Path, steps: int, **options: object) -> object:
+    defaults: dict[str, object] = {
+        "batch": 4,
+        "checkpoint_every": 2,
+        "workers": 0,
+        "threads": 1,
+        "unet_config": TINY,
+        "lr": 1e-3,
+    }
+    defaults.update(options)
+    return train_prior(RandomSlices(), run, steps, **defaults)  # type: ignore[arg-type]
+
+
+def test_step_batches_depend_only_on_seed_and_step() -> None:
+    whole = list(StepBatchSampler(100, 4, seed=3, first_step=0, last_step=6))
+    tail = list(StepBatchSampler(100, 4, seed=3, first_step=4, last_step=6))
+    assert tail == whole[4:] and len(whole) == 6
+    assert whole != list(StepBatchSampler(100, 4, seed=4, first_step=0, last_step=6))
+
+
+def test_images_are_scaled_to_unit_99th_percentile_magnitude() -> None:
+    batch = torch.randn(3, 2, 16, 16) * torch.tensor([1.0, 10.0, 100.0])[:, None, None, None]
+    scaled = to_prior_intensity(batch)
+    torch.testing.assert_close(p99_scale(scaled.norm(dim=1)), torch.ones(3))
+
+
+def test_bf16_loss_agrees_with_float32_loss() -> None:
+    torch.manual_seed(0)
+    model = UNet(TINY)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    schedule = DiffusionSchedule.cosine()
+    x0 = to_prior_intensity(RandomSlices().images[:4])
+    t, noise = torch.tensor([1, 200, 600, 999]), torch.randn(4, 2, 16, 16)
+    fp32 = diffusion_loss(model, schedule, x0, t, noise, bf16=False)
+    bf16 = diffusion_loss(model, schedule, x0, t, noise, bf16=True)
+    assert bf16.dtype == torch.float32
+    assert abs(bf16.item() - fp32.item()) / fp32.item() < 0.02
+
+
+def test_loss_falls_and_is_logged(tmp_path: Path) -> None:
+    train(tmp_path, 30, checkpoint_every=10)
+    with (tmp_path / "loss.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == list(range(1, 31))
+    losses = [float(r["loss"]) for r in rows]
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+    assert all(float(r["seconds"]) >= 0 for r in rows)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
+    train(tmp_path / "straight", 4)
+    train(tmp_path / "resumed", 2)
+    train(tmp_path / "resumed", 4)
+    straight = read_checkpoint(checkpoint_paths(tmp_path / "straight")[-1])
+    resumed = read_checkpoint(checkpoint_paths(tmp_path / "resumed")[-1])
+    assert straight["step"] == resumed["step"] == 4
+    for key in ("model", "ema"):
+        for name, value in straight[key].items():
+            torch.testing.assert_close(resumed[key][name], value, rtol=0, atol=0)
+    with (tmp_path / "resumed" / "loss.csv").open() as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == ["1", "2", "3", "4"]
+
+
+def test_checkpoints_hold_everything_and_old_ones_are_pruned(tmp_path: Path) -> None:
+    result = train(tmp_path, 10, checkpoint_every=2)
+    paths = checkpoint_paths(tmp_path)
+    assert [p.name for p in paths] == [f"step_{s:08d}.pt" for s in (6, 8, 10)]
+    payload = read_checkpoint(paths[-1])
+    assert {"model", "ema", "optimizer", "step", "rng", "unet_config", "settings", "schedule"} <= set(
+        payload
+    )
+    assert UNetConfig.from_dict(payload["unet_config"]) == TINY
+    assert not list(tmp_path.glob("**/*.tmp"))
+    assert result.step == 10  # type: ignore[attr-defined]
+
+
+def test_reaching_the_target_again_does_nothing(tmp_path: Path) -> None:
+    train(tmp_path, 2)
+    before = checkpoint_paths(tmp_path)[-1].stat().st_mtime_ns
+    assert list(iter_train(RandomSlices(), tmp_path, TrainSettings(steps=2, batch=4))) == []
+    assert checkpoint_paths(tmp_path)[-1].stat().st_mtime_ns == before
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path: Path) -> None:
+    train(tmp_path, 2)
+    with pytest.raises(InputError, match="already holds checkpoints"):
+        train(tmp_path, 4, resume=False)
+    with pytest.raises(InputError, match="differs"):
+        train(tmp_path, 4, unet_config=UNetConfig(channels=(8, 8), norm_groups=4))
+
+
+def test_bad_settings_are_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="batch"):
+        train(tmp_path, 2, batch=0)
+    with pytest.raises(InputError, match="workers"):
+        train(tmp_path, 2, workers=4)
+    with pytest.raises(InputError, match="bank folder not found"):
+        train_prior(tmp_path / "missing", tmp_path / "run", 1)
+
+
+def test_export_writes_small_ema_weights_that_load(tmp_path: Path) -> None:
+    train(tmp_path / "run", 4)
+    exported = export_weights(tmp_path / "run", tmp_path / "prior.pt", name="tiny")
+    sidecar = (tmp_path / "prior.pt.sha256").read_text().split()
+    assert sidecar == [exported.sha256, "prior.pt"]
+    assert exported.step == 4 and exported.size_bytes < 1_000_000
+    prior = load_prior(exported.path, device="cpu")
+    assert prior.name == "tiny" and prior.sha256 == exported.sha256 and prior.step == 4
+    assert prior.config == TINY and prior.schedule.num_timesteps == 1000
+    assert not prior.model.training
+    ema = read_checkpoint(checkpoint_paths(tmp_path / "run")[-1])["ema"]
+    for name, value in prior.model.state_dict().items():
+        torch.testing.assert_close(value, ema[name])
+
+
+def test_export_without_checkpoint_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no checkpoint"):
+        export_weights(tmp_path, tmp_path / "prior.pt")
+
+
+def test_loader_rejects_missing_malformed_and_tampered_files(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        load_prior(tmp_path / "absent.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="unreadable"):
+        load_prior(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"format": "something-else"}, other)
+    with pytest.raises(InputError, match="not an mrdiff prior"):
+        load_prior(other)
+    train(tmp_path / "run", 2)
+    exported = export_weights(tmp_path / "run", tmp_path / "prior.pt")
+    payload = torch.load(exported.path, weights_only=True)
+    payload["state_dict"].pop("head.bias")
+    broken = tmp_path / "broken.pt"
+    torch.save(payload, broken)
+    with pytest.raises(InputError, match="malformed"):
+        load_prior(broken)
+    (tmp_path / "prior.pt.sha256").write_text("0" * 64 + "  prior.pt\n")
+    with pytest.raises(InputError, match="do not match"):
+        load_prior(exported.path)
