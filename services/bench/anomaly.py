@@ -374,7 +374,10 @@ def bench_anomaly(
     batch: int = 8,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[BenchRow]:
-    """Score every detector on fully sampled cases (and 4x reconstructions of a few of them)."""
+    """Score every detector on fully sampled cases (and 4x reconstructions of a few of them).
+
+    Rows cover all cases and the real-scan subset (left out when every case is a real scan).
+    """
     rows: list[BenchRow] = []
     variants: list[tuple[str, Sequence[Case], list[np.ndarray], list[np.ndarray]]] = [
         ("fully-sampled", cases, [c.lesion_image for c in cases], [c.healthy_image for c in cases])
@@ -394,13 +397,14 @@ def bench_anomaly(
                 run_detector(detector, lesion_inputs, batch, on_batch),
                 run_detector(detector, healthy_inputs, batch, on_batch),
             )
+            all_real = all(c.reference.is_real_scan for c in chosen)
             for subset_name, keep in (("all", None), ("real", True)):
                 selected = [
                     i
                     for i, c in enumerate(chosen)
                     if keep is None or c.reference.is_real_scan == keep
                 ]
-                if not selected:
+                if not selected or (keep is not None and all_real):
                     continue
                 row = score(
                     [chosen[i] for i in selected],

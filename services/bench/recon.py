@@ -18,13 +18,13 @@ from typing import NamedTuple
 import numpy as np
 
 from services.recon import metrics, physics
+from services.recon.baselines import LAMBDA_GRID
 from services.recon.data.splits import EvalSlice, load_split
 from services.recon.engine import ReconEngine, ReconOptions
 from services.recon.masks import make_mask
 
 SNR = 40.0
 CENTER_FRACTION = 0.08
-LAMBDA_GRID = tuple(float(x) for x in np.logspace(-4, -1, 7))
 CS_METHODS = ("cs-l1", "cs-tv")
 LAMBDA_FILE = Path(__file__).resolve().parents[1] / "recon" / "weights" / "cs_lambdas.json"
 

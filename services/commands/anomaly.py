@@ -1,4 +1,4 @@
-"""`mrdiff anomaly`, `mrdiff train classifier|export-classifier`, `mrdiff bench anomaly|tune-anomaly`.
+"""`mrdiff anomaly`; `train classifier|export-classifier`; `bench anomaly|tune-anomaly`.
 
 Anomaly maps after Wolleb et al. (MICCAI 2022); see :mod:`services.recon.anomaly`.
 Research use only, not for diagnosis.
@@ -25,6 +25,7 @@ from services.recon.anomaly import (
     AnomalyResult,
     default_config,
     defaults_are_tuned,
+    stack_results,
 )
 from services.recon.errors import InputError
 
@@ -65,14 +66,13 @@ def build_detector(
 def write_anomaly_h5(
     path: Path, results: list[AnomalyResult], attrs: dict[str, Any], overwrite: bool
 ) -> None:
-    """``anomaly_map``, ``healthy``, ``anomaly_mask`` (slices x H x W) and attributes, atomically."""
+    """Write ``anomaly_map``, ``healthy``, ``anomaly_mask`` (S x H x W) and attrs atomically."""
     from services.recon.io.atomic import atomic_output
     from services.recon.io.hdf5_attrs import write_attrs
 
     with atomic_output(path, overwrite) as temporary, h5py.File(temporary, "w") as h5:
-        h5.create_dataset("anomaly_map", data=np.stack([r.anomaly_map for r in results]))
-        h5.create_dataset("healthy", data=np.stack([r.healthy for r in results]))
-        h5.create_dataset("anomaly_mask", data=np.stack([r.anomaly_mask for r in results]))
+        for name, values in stack_results(results).items():
+            h5.create_dataset(name, data=values)
         write_attrs(h5.attrs, {**attrs, "research_use_only": RESEARCH_USE_ONLY})
 
 
@@ -261,7 +261,7 @@ def tune_anomaly_command(
     steps: Annotated[int, typer.Option(help="DDIM steps between 0 and L")] = 25,
     batch: Annotated[int, typer.Option(help="slices per batch")] = 8,
 ) -> None:
-    """Choose L, s and smoothing on the VALIDATION split (training-family lesions) and store them."""
+    """Choose L, s and smoothing on the VALIDATION split (training-family lesions); store them."""
     from services.bench import anomaly as bench
     from services.recon.classifier import load_classifier
     from services.recon.prior import load_prior

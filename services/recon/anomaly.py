@@ -116,6 +116,15 @@ class AnomalyResult(NamedTuple):
     seconds: float
 
 
+def stack_results(results: list[AnomalyResult]) -> dict[str, np.ndarray]:
+    """Per-slice results as ``(S, H, W)`` datasets named for an output file (never ``mask``)."""
+    return {
+        "anomaly_map": np.stack([r.anomaly_map for r in results]).astype(np.float32),
+        "healthy": np.stack([r.healthy for r in results]).astype(np.float32),
+        "anomaly_mask": np.stack([r.anomaly_mask for r in results]).astype(bool),
+    }
+
+
 def ddim_encode(
     eps_model: EpsModel, schedule: DiffusionSchedule, x0: Tensor, timesteps: list[int]
 ) -> Tensor:

@@ -22,7 +22,6 @@ from services.recon.masks import MASK_KINDS, make_mask
 
 RESEARCH_USE_ONLY = "research use only, not for diagnosis"
 METHODS = ("diffusion", "zero-filled", "cs-l1", "cs-tv")
-DEFAULT_CS_LAMBDA = {"cs-l1": 0.01, "cs-tv": 0.01}
 
 
 @dataclass(frozen=True)
@@ -145,12 +144,10 @@ class ReconEngine:
         warnings: tuple[str, ...] = ()
         if options.method == "diffusion":
             image, variance, warnings = self._diffusion(single, mask, maps, options, initial)
-        elif options.method == "zero-filled":
-            image = baselines.zero_filled(single, mask, maps=maps)
         else:
-            lam = options.lam if options.lam is not None else DEFAULT_CS_LAMBDA[options.method]
-            image = baselines.BASELINES[options.method](
-                single, mask, lam, maps=maps, max_iter=options.cs_iterations
+            image = baselines.run_baseline(
+                options.method, single, mask, maps=maps, lam=options.lam,
+                max_iter=options.cs_iterations,
             )
         residual = physics.data_consistency_residual(image, single, mask, maps=maps)
         return SliceResult(
@@ -243,7 +240,7 @@ def assemble_volume(
         if options.warm_start is not None:
             attrs["warm_start"] = options.warm_start
     elif options.method != "zero-filled":
-        attrs["lam"] = options.lam if options.lam is not None else DEFAULT_CS_LAMBDA[options.method]
+        attrs["lam"] = options.lam if options.lam is not None else baselines.DEFAULT_LAMBDA[options.method]
         attrs["cs_iterations"] = options.cs_iterations
     return VolumeResult(reconstruction, variance, volume.mask, attrs)
 

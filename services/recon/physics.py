@@ -58,6 +58,21 @@ def _as_like(reference: Array, value: np.ndarray | torch.Tensor) -> Array:
     return np.asarray(value)
 
 
+def _mask_like(reference: Array, mask: np.ndarray | torch.Tensor) -> Array:
+    """The 0/1 mask as a bool array of ``reference``'s kind: multiplying keeps its dtype."""
+    return _as_like(reference, mask != 0)
+
+
+def _maps_like(reference: Array, maps: np.ndarray | torch.Tensor) -> Array:
+    """Coil maps as ``reference``'s kind, in its complex precision when it is complex."""
+    converted = _as_like(reference, maps)
+    if isinstance(reference, torch.Tensor):
+        return converted.to(reference.dtype) if reference.is_complex() else converted
+    if np.iscomplexobj(reference):
+        return converted.astype(reference.dtype, copy=False)
+    return converted
+
+
 def _check_mask(mask: np.ndarray | torch.Tensor, data_shape: tuple[int, ...], what: str) -> None:
     """Raise InputError unless ``mask`` broadcasts to ``data_shape`` without enlarging it."""
     mask_shape = tuple(mask.shape)
@@ -87,14 +102,14 @@ def _check_maps(maps: np.ndarray | torch.Tensor, image_shape: tuple[int, ...]) -
 def single_coil_forward(image: Array, mask: np.ndarray | torch.Tensor) -> Array:
     """Single-coil forward operator ``M F x``: image (..., H, W) -> masked k-space (..., H, W)."""
     _check_mask(mask, tuple(image.shape), "image")
-    return fft2c(image) * _as_like(image, mask)
+    return fft2c(image) * _mask_like(image, mask)
 
 
 def single_coil_adjoint(kspace: Array, mask: np.ndarray | torch.Tensor) -> Array:
     """Adjoint of :func:`single_coil_forward`, ``F^H M y``: k-space (..., H, W) -> image."""
     _check_complex(kspace, "k-space")
     _check_mask(mask, tuple(kspace.shape), "k-space")
-    return ifft2c(kspace * _as_like(kspace, mask))
+    return ifft2c(kspace * _mask_like(kspace, mask))
 
 
 def sense_forward(
@@ -102,9 +117,9 @@ def sense_forward(
 ) -> Array:
     """SENSE forward operator ``M F S x``: image (..., H, W) -> k-space (..., C, H, W)."""
     _check_maps(maps, tuple(image.shape))
-    coil_images = image[..., None, :, :] * _as_like(image, maps)
+    coil_images = image[..., None, :, :] * _maps_like(image, maps)
     _check_mask(mask, tuple(coil_images.shape), "k-space")
-    return fft2c(coil_images) * _as_like(image, mask)
+    return fft2c(coil_images) * _mask_like(image, mask)
 
 
 def sense_adjoint(
@@ -118,8 +133,8 @@ def sense_adjoint(
     if maps.shape[0] != kspace.shape[-3]:
         raise InputError(f"coil maps have {maps.shape[0]} coils but k-space has {kspace.shape[-3]}")
     _check_mask(mask, tuple(kspace.shape), "k-space")
-    coil_images = ifft2c(kspace * _as_like(kspace, mask))
-    return (_as_like(kspace, maps).conj() * coil_images).sum(-3)
+    coil_images = ifft2c(kspace * _mask_like(kspace, mask))
+    return (_maps_like(kspace, maps).conj() * coil_images).sum(-3)
 
 
 def forward(
@@ -173,7 +188,7 @@ def data_consistency_residual(
         raise InputError(
             f"image predicts k-space shaped {tuple(predicted.shape)}, got {tuple(kspace.shape)}"
         )
-    measured = kspace * _as_like(kspace, mask)
+    measured = kspace * _mask_like(kspace, mask)
     measured_norm = _norm(measured)
     if measured_norm == 0.0:
         raise InputError("k-space is zero on every sampled location")

@@ -195,6 +195,13 @@ def api_stack(api_settings: Settings, storage: Storage, job_runner: None) -> Ite
     yield from make_stack(api_settings, storage)
 
 
+@pytest.fixture(scope="session")
+def light_stack(s3_server: Any, storage: Storage) -> Iterator[ApiStack]:
+    """The API under uvicorn over the real S3 server only (no Prefect, no Ray): for requests
+    that never reach the pipeline (auth, validation, limits, tenant checks)."""
+    yield from make_stack(s3_server.settings, storage)
+
+
 @pytest.fixture
 def api_tenant() -> str:
     """A fresh tenant name per test."""
@@ -216,3 +223,18 @@ def wait_for_state(client: httpx.Client, job_id: str, states: set[str],
             raise AssertionError(f"job ended {body['state']} instead of {states}: {body}")
         time.sleep(0.3)
     raise TimeoutError(f"job {job_id} still {body.get('state')} after {timeout} s: {body}")
+
+
+def wait_for_progress(client: httpx.Client, job_id: str, done_at_least: int,
+                      timeout: float = 180.0) -> dict[str, Any]:
+    """Poll until the job is running with at least ``done_at_least`` slices finished."""
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/jobs/{job_id}").json()
+        if body["state"] == "running" and body["progress"]["done"] >= done_at_least:
+            return body
+        if body["state"] in TERMINAL:
+            raise AssertionError(f"job ended {body['state']} before making progress: {body}")
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} made no progress in {timeout} s: {body}")

@@ -26,8 +26,12 @@ import pytest
 from pipelines.jobs import JobOptions, cancel_job, handle_minio_event, submit_job
 from pipelines.prefect_api import PROCESS_JOB_DEPLOYMENT
 from services.recon.errors import InputError
-from services.recon.io import KspaceVolume, read_reconstruction_h5, write_dicom_series
-from services.recon.io import write_kspace_h5
+from services.recon.io import (
+    KspaceVolume,
+    read_reconstruction_h5,
+    write_dicom_series,
+    write_kspace_h5,
+)
 from services.settings import Settings, get_settings
 from services.storage import JobState, Storage
 from services.workers import RayConnection, WorkerPool

@@ -19,6 +19,7 @@ from services.workers import RayConnection, ReconActor, WorkerError, WorkerPool
 
 ZERO_FILLED = ReconOptions(method="zero-filled")
 SLICES, COILS, SIZE = 8, 1, 32
+START_TIMEOUT = 120.0  # actors import torch; the test machine is busy
 
 
 class SlowReconActor(ReconActor):
@@ -56,52 +57,57 @@ def test_connect_ray_started_a_private_loopback_cluster(ray_cluster: RayConnecti
     assert ray_cluster.address.startswith("127.0.0.1:")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def zero_filled_pool(ray_cluster: RayConnection) -> Iterator[WorkerPool]:
-    """Two plain actors (1 CPU each) shared by the tests that do not kill anything."""
-    with WorkerPool(2, 1, preload_models=False) as pool:
+    """Two plain actors (1 CPU each, the whole test cluster), released after the class."""
+    with WorkerPool(2, 1, preload_models=False, start_timeout_seconds=START_TIMEOUT) as pool:
         yield pool
 
 
-def test_pool_returns_every_slice_in_order_with_progress(zero_filled_pool: WorkerPool) -> None:
-    kspace, mask = _volume()
-    arrived: list[int] = []
-    infos = zero_filled_pool.info()
-    assert [info.threads for info in infos] == [1, 1]
-    assert {info.device for info in infos} == {"cpu"}
-    assert len({info.pid for info in infos}) == 2 and os.getpid() not in {
-        info.pid for info in infos
-    }
-    results = zero_filled_pool.reconstruct(
-        kspace, mask, False, ZERO_FILLED, on_result=lambda index, _: arrived.append(index)
-    )
-    assert sorted(arrived) == list(range(SLICES))
-    for result, expected in zip(results, _expected(kspace, mask), strict=True):
-        assert result.reconstruction.dtype == np.float32
-        np.testing.assert_array_equal(result.reconstruction, expected)
+class TestSharedPool:
+    """Tests that share one pool; it is shut down before the tests that need the CPUs."""
 
+    def test_pool_returns_every_slice_in_order_with_progress(
+        self, zero_filled_pool: WorkerPool
+    ) -> None:
+        kspace, mask = _volume()
+        arrived: list[int] = []
+        infos = zero_filled_pool.info()
+        assert [info.threads for info in infos] == [1, 1]
+        assert {info.device for info in infos} == {"cpu"}
+        assert len({info.pid for info in infos}) == 2 and os.getpid() not in {
+            info.pid for info in infos
+        }
+        results = zero_filled_pool.reconstruct(
+            kspace, mask, False, ZERO_FILLED, on_result=lambda index, _: arrived.append(index)
+        )
+        assert sorted(arrived) == list(range(SLICES))
+        for result, expected in zip(results, _expected(kspace, mask), strict=True):
+            assert result.reconstruction.dtype == np.float32
+            np.testing.assert_array_equal(result.reconstruction, expected)
 
-def test_per_slice_masks_and_generator_order(zero_filled_pool: WorkerPool) -> None:
-    kspace, mask = _volume(seed=3)
-    masks = np.stack([np.roll(mask, shift, axis=1) for shift in range(SLICES)])
-    pairs = list(zero_filled_pool.iter_reconstruct(kspace, masks, False, ZERO_FILLED))
-    assert sorted(index for index, _ in pairs) == list(range(SLICES))
-    engine = ReconEngine()
-    for index, result in pairs:
-        expected = engine.reconstruct_slice(kspace[index], masks[index], False, ZERO_FILLED)
-        np.testing.assert_array_equal(result.reconstruction, expected.reconstruction)
+    def test_per_slice_masks_and_generator_order(self, zero_filled_pool: WorkerPool) -> None:
+        kspace, mask = _volume(seed=3)
+        masks = np.stack([np.roll(mask, shift, axis=1) for shift in range(SLICES)])
+        pairs = list(zero_filled_pool.iter_reconstruct(kspace, masks, False, ZERO_FILLED))
+        assert sorted(index for index, _ in pairs) == list(range(SLICES))
+        engine = ReconEngine()
+        for index, result in pairs:
+            expected = engine.reconstruct_slice(kspace[index], masks[index], False, ZERO_FILLED)
+            np.testing.assert_array_equal(result.reconstruction, expected.reconstruction)
 
-
-def test_engine_errors_propagate_without_retry(zero_filled_pool: WorkerPool) -> None:
-    kspace, mask = _volume()
-    before = zero_filled_pool.resubmitted
-    with pytest.raises(InputError, match="unknown method"):
-        zero_filled_pool.reconstruct(kspace, mask, False, ReconOptions(method="no-such-method"))
-    assert zero_filled_pool.resubmitted == before
-    with pytest.raises(InputError, match="mask shape"):
-        zero_filled_pool.reconstruct(kspace, mask[:4], False, ZERO_FILLED)
-    with pytest.raises(InputError, match="slices, coils"):
-        zero_filled_pool.reconstruct(kspace[0], mask, False, ZERO_FILLED)
+    def test_engine_errors_propagate_without_retry(self, zero_filled_pool: WorkerPool) -> None:
+        kspace, mask = _volume()
+        before = zero_filled_pool.resubmitted
+        with pytest.raises(InputError, match="unknown method"):
+            zero_filled_pool.reconstruct(
+                kspace, mask, False, ReconOptions(method="no-such-method")
+            )
+        assert zero_filled_pool.resubmitted == before
+        with pytest.raises(InputError, match="mask shape"):
+            zero_filled_pool.reconstruct(kspace, mask[:4], False, ZERO_FILLED)
+        with pytest.raises(InputError, match="slices, coils"):
+            zero_filled_pool.reconstruct(kspace[0], mask, False, ZERO_FILLED)
 
 
 def test_slices_of_a_killed_actor_go_to_the_other_actor_exactly_once(
@@ -109,7 +115,7 @@ def test_slices_of_a_killed_actor_go_to_the_other_actor_exactly_once(
 ) -> None:
     kspace, mask = _volume(seed=1)
     pool = WorkerPool(2, 1, preload_models=False, max_task_retries=0, max_restarts=0,
-                      actor_class=SlowReconActor)
+                      actor_class=SlowReconActor, start_timeout_seconds=START_TIMEOUT)
     with pool:
         victim = pool.actors[0]
         seen: Counter[int] = Counter()
@@ -129,7 +135,7 @@ def test_restarted_actor_gets_the_slices_back_exactly_once(ray_cluster: RayConne
     kspace, mask = _volume(seed=2)
     arrived: Counter[int] = Counter()
     pool = WorkerPool(1, 1, preload_models=False, max_task_retries=0, max_restarts=1,
-                      actor_class=SlowReconActor)
+                      actor_class=SlowReconActor, start_timeout_seconds=START_TIMEOUT)
 
     def kill_once(index: int, _: Any) -> None:
         arrived[index] += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -200,3 +201,92 @@ def test_attributes_name_models_and_knobs(
     assert attrs["research_use_only"] == "research use only, not for diagnosis"
     zscore = AnomalyDetector(None, None, AnomalyConfig(method="zscore")).attributes()
     assert "prior_sha256" not in zscore and "anomaly_L" not in zscore
+
+
+def save_tiny_weights(
+    prior: LoadedPrior, classifier: LoadedClassifier, folder: Path
+) -> tuple[Path, Path]:
+    """The tiny networks as weights files in the shipped formats."""
+    prior_path, classifier_path = folder / "prior.pt", folder / "classifier.pt"
+    torch.save(
+        {
+            "format": "mrdiff-prior",
+            "format_version": 1,
+            "name": "tiny-prior",
+            "unet_config": prior.config.to_dict(),
+            "schedule": SCHEDULE.to_dict(),
+            "state_dict": prior.model.state_dict(),
+            "intensity": "p99",
+        },
+        prior_path,
+    )
+    torch.save(
+        {
+            "format": "mrdiff-classifier",
+            "format_version": 1,
+            "name": "tiny-classifier",
+            "classifier_config": classifier.config.to_dict(),
+            "schedule": SCHEDULE.to_dict(),
+            "input": "zero-phase-magnitude-p99",
+            "state_dict": classifier.model.state_dict(),
+        },
+        classifier_path,
+    )
+    return prior_path, classifier_path
+
+
+def test_cli_writes_anomaly_h5_from_nifti(
+    tmp_path: Path, tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    from services.cli import main
+    from services.recon.io import write_nifti
+
+    volume = np.stack([head_phantom(32), head_phantom(32) * 2]) * 100
+    source = write_nifti(tmp_path / "in.nii.gz", volume, (2.0, 2.0), 2.0)
+    prior_path, classifier_path = save_tiny_weights(tiny_prior, tiny_classifier, tmp_path)
+    out = tmp_path / "out.h5"
+    args = [
+        "anomaly",
+        str(source),
+        "--out",
+        str(out),
+        "--weights",
+        str(prior_path),
+        "--classifier",
+        str(classifier_path),
+        "--L",
+        "200",
+        "--s",
+        "10",
+        "--steps",
+        "3",
+        "--seed",
+        "4",
+    ]
+    main(args)
+    with h5py.File(out, "r") as h5:
+        assert set(h5) == {"anomaly_map", "healthy", "anomaly_mask"}
+        assert h5["anomaly_map"].shape == volume.shape and h5["anomaly_mask"].dtype == bool
+        assert float(np.min(h5["anomaly_map"][()])) >= 0
+        attrs = dict(h5.attrs)
+    assert attrs["anomaly_L"] == 200 and attrs["anomaly_s"] == 10.0 and attrs["seed"] == 4
+    assert attrs["research_use_only"] == "research use only, not for diagnosis"
+    assert "tiny-classifier" in attrs["model_versions"] and attrs["seconds"] > 0
+    with pytest.raises(SystemExit) as refused:
+        main(args)
+    assert refused.value.code == 2
+
+
+def test_cli_refuses_kspace_and_leaves_no_output(tmp_path: Path) -> None:
+    from services.cli import main
+    from services.recon.io import KspaceVolume, write_kspace_h5
+
+    kspace = np.ones((1, 1, 32, 32), np.complex64)
+    volume = KspaceVolume(kspace=kspace, multicoil=False, mask=np.ones((1, 32, 32), bool))
+    source = tmp_path / "k.h5"
+    write_kspace_h5(source, volume)
+    out = tmp_path / "out.h5"
+    with pytest.raises(SystemExit) as failed:
+        main(["anomaly", str(source), "--out", str(out), "--method", "zscore"])
+    assert failed.value.code == 2
+    assert not out.exists() and not list(tmp_path.glob(".out.h5*"))

@@ -31,7 +31,8 @@ LIMIT = 10_000
 
 def write_kspace(path: Path, slices: int = 2, size: int = 16) -> Path:
     rng = np.random.default_rng(0)
-    kspace = (rng.standard_normal((slices, size, size)) + 1j * rng.standard_normal((slices, size, size)))
+    shape = (slices, size, size)
+    kspace = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
     with h5py.File(path, "w") as h5:
         h5.create_dataset("kspace", data=kspace.astype(np.complex64))
     return path

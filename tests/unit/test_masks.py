@@ -123,7 +123,9 @@ def test_mask_from_kspace_any_coil_any_slice() -> None:
     expected[2, 3] = True
     expected[5, :] = True
     np.testing.assert_array_equal(mask_from_kspace(kspace), expected)
-    np.testing.assert_array_equal(mask_from_kspace(kspace[0, 1]), expected & ~(np.arange(8) == 5)[:, None])
+    np.testing.assert_array_equal(
+        mask_from_kspace(kspace[0, 1]), expected & ~(np.arange(8) == 5)[:, None]
+    )
     with pytest.raises(InputError):
         mask_from_kspace(np.ones(8))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ def test_fft_keeps_single_precision() -> None:
 
 def _operators(
     maps: np.ndarray,
-) -> dict[str, tuple[Callable[..., object], Callable[..., object], tuple[int, ...]]]:
+) -> dict[str, tuple[Callable[..., Any], Callable[..., Any], tuple[int, ...]]]:
     """name -> (forward(x, mask), adjoint(y, mask), k-space shape) for a (2, H, W) image batch."""
     return {
         "single-coil": (single_coil_forward, single_coil_adjoint, (2, *SHAPE)),
@@ -118,10 +119,10 @@ def test_adjoint_identity(operator: str, backend: str, mask: np.ndarray, maps: n
     x = random_complex((2, *SHAPE), seed=4)
     y = random_complex(kspace_shape, seed=5)
     if backend == "torch":
-        ax = as_numpy(forward(torch.from_numpy(x), mask))  # type: ignore[arg-type]
-        ahy = as_numpy(adjoint(torch.from_numpy(y), mask))  # type: ignore[arg-type]
+        ax = as_numpy(forward(torch.from_numpy(x), mask))
+        ahy = as_numpy(adjoint(torch.from_numpy(y), mask))
     else:
-        ax, ahy = forward(x, mask), adjoint(y, mask)  # type: ignore[assignment]
+        ax, ahy = forward(x, mask), adjoint(y, mask)
     assert ax.dtype == np.complex128 and ahy.dtype == np.complex128
     lhs, rhs = inner(ax, y), inner(x, ahy)
     assert abs(lhs - rhs) <= 1e-5 * abs(lhs)
@@ -147,12 +148,12 @@ def test_operators_numpy_equals_torch(operator: str, mask: np.ndarray, maps: np.
     x = random_complex((2, *SHAPE), seed=10)
     y = random_complex(kspace_shape, seed=11)
     np.testing.assert_allclose(
-        as_numpy(forward(torch.from_numpy(x), torch.from_numpy(mask))),  # type: ignore[arg-type]
+        as_numpy(forward(torch.from_numpy(x), torch.from_numpy(mask))),
         forward(x, mask),
         atol=1e-12,
     )
     np.testing.assert_allclose(
-        as_numpy(adjoint(torch.from_numpy(y), mask)),  # type: ignore[arg-type]
+        as_numpy(adjoint(torch.from_numpy(y), mask)),
         adjoint(y, mask),
         atol=1e-12,
     )
@@ -283,3 +284,22 @@ def test_simulate_multicoil_kspace_combines_to_the_image() -> None:
 def test_simulate_kspace_rejects_bad_input(magnitude: np.ndarray, snr: float, message: str) -> None:
     with pytest.raises(InputError, match=message):
         simulate_kspace(magnitude, snr=snr, seed=0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_operators_keep_single_precision(backend: str, maps: np.ndarray) -> None:
+    """complex128 maps and a float 0/1 mask do not promote complex64 data to complex128."""
+    x = random_complex(SHAPE, seed=19).astype(np.complex64)
+    float_mask = random_mask_1d(SHAPE, 3, 0.125, seed=1).astype(np.float64)
+    if backend == "torch":
+        data = torch.from_numpy(x)
+        single, coils = single_coil_forward(data, float_mask), sense_forward(data, maps, float_mask)
+        results = [single, coils, sense_adjoint(coils, maps, float_mask)]
+        results.append(single_coil_adjoint(single, float_mask))
+        assert all(result.dtype == torch.complex64 for result in results)
+    else:
+        single_np = single_coil_forward(x, float_mask)
+        coils_np = sense_forward(x, maps, float_mask)
+        results_np = [single_np, coils_np, sense_adjoint(coils_np, maps, float_mask)]
+        results_np.append(single_coil_adjoint(single_np, float_mask))
+        assert all(result.dtype == np.complex64 for result in results_np)

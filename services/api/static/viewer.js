@@ -15,6 +15,7 @@ const state = {
   slices: 1,
   objectUrls: new Map(), // img element -> object URL to revoke
   pending: null,
+  listening: false,      // control listeners are bound once per page
 };
 
 const $ = (selector) => document.querySelector(selector);
@@ -104,6 +105,9 @@ function setupControls() {
   const slice = $("#slice");
   slice.max = String(state.slices - 1);
   slice.value = String(Math.floor(state.slices / 2));
+  applyOpacity();
+  if (state.listening) return;
+  state.listening = true;
   for (const input of [slice, window, level]) {
     input.addEventListener("input", scheduleRender);
   }
@@ -119,7 +123,6 @@ function setupControls() {
       event.preventDefault();
     }
   });
-  applyOpacity();
 }
 
 function resetWindow() {
@@ -224,8 +227,9 @@ async function start() {
   try {
     await loadJob();
     const listing = await (await api(`/v1/jobs/${encodeURIComponent(state.jobId)}/results`)).json();
+    state.results = {};
     for (const entry of listing.items) {
-      if (entry.media_type === "image/png") {
+      if (entry.media_type === "image/png" && !entry.name.includes("/")) {
         state.results[entry.name.replace(/\.png$/, "")] = entry;
       }
     }

@@ -44,6 +44,16 @@ SLICES_NAME = "slices.csv"
 RESEARCH_NOTICE = "research use only, not for diagnosis"
 DEFAULT_PIXEL_MM: tuple[float, ...] = (2.0, 1.0)
 DEFAULT_PIXEL_MM_WEIGHTS: tuple[float, ...] = (0.6, 0.4)
+DATA_CODE_FILES = (
+    "bank.py",
+    "contrast.py",
+    "fields.py",
+    "sampling.py",
+    "splits.py",
+    "synthesis.py",
+    "templates.py",
+)
+"""The modules whose code decides what a bank contains (hashed into the manifest)."""
 SLICE_FIELDS = ("index", "shard", "recipe", "sources", "orientation", "contrast", "pixel_mm", "snr")
 
 
@@ -150,7 +160,7 @@ def code_version() -> dict[str, str]:
     except metadata.PackageNotFoundError:
         version = "unknown"
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    for path in sorted(Path(__file__).parent / name for name in DATA_CODE_FILES):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return {"package_version": version, "data_code_sha256": digest.hexdigest()}
@@ -185,6 +195,7 @@ def build_bank(
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    version = code_version()  # of the code that makes the slices, read before it runs
     try:
         started = time.perf_counter()
         tasks = [
@@ -207,7 +218,7 @@ def build_bank(
         seconds = time.perf_counter() - started
         rows.sort(key=lambda row: int(row["index"]))
         _write_slices_csv(staging / SLICES_NAME, rows)
-        manifest = _manifest(tasks, rows, seed, size, workers, seconds)
+        manifest = _manifest(tasks, rows, seed, size, workers, seconds, version)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -234,6 +245,7 @@ def _manifest(
     size: int,
     workers: int,
     seconds: float,
+    version: dict[str, str],
 ) -> dict[str, Any]:
     used_sources = sorted({source for row in rows for source in str(row["sources"]).split("+")})
     source_counts = Counter(s for row in rows for s in str(row["sources"]).split("+"))
@@ -277,7 +289,7 @@ def _manifest(
             for name in used_sources
         ],
         "training_split_sources": list(TRAINING_SOURCES),
-        "code_version": code_version(),
+        "code_version": version,
         "build": {
             "workers": workers,
             "seconds": round(seconds, 2),

@@ -138,6 +138,28 @@ def to_ras_channels_last(image: nib.spatialimages.SpatialImage) -> tuple[np.ndar
     return np.ascontiguousarray(data), np.asarray(canonical.affine, dtype=np.float64)
 
 
+def crop_to_content(
+    data: np.ndarray, affine: np.ndarray, margin: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop (X, Y, Z, C) data to its nonzero bounding box plus ``margin`` voxels; fix the affine.
+
+    Trilinear samples are unchanged (everything cut away is zero), but brain-only templates
+    shrink to about 40 % of their voxels, which makes loading and sampling faster.
+    """
+    occupied = np.nonzero(np.any(data != 0, axis=-1))
+    if len(occupied[0]) == 0:
+        return data, affine
+    low = [max(int(axis.min()) - margin, 0) for axis in occupied]
+    high = [
+        min(int(axis.max()) + margin + 1, n)
+        for axis, n in zip(occupied, data.shape[:3], strict=True)
+    ]
+    cropped = data[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+    shifted = affine.copy()
+    shifted[:3, 3] = affine[:3, :3] @ np.asarray(low, dtype=np.float64) + affine[:3, 3]
+    return cropped, shifted
+
+
 def _voxel_mm(affine: np.ndarray) -> float:
     return float(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).mean())
 
@@ -194,18 +216,15 @@ def load_mni152_2009a_t1() -> SourceVolume:
         provenance="nilearn wheel; ICBM152 2009a nonlinear average T1, skull-stripped, 1 mm",
     )
     mask = (source.data > 0).astype(np.float32)
-    return dataclasses.replace(
-        source,
-        channels=("t1", "brain_mask"),
-        data=np.ascontiguousarray(np.concatenate([source.data, mask], axis=-1)),
-    )
+    data, affine = crop_to_content(np.concatenate([source.data, mask], axis=-1), source.affine)
+    return dataclasses.replace(source, channels=("t1", "brain_mask"), data=data, affine=affine)
 
 
 def load_mni152_2009a_tissues() -> SourceVolume:
     """nilearn's ICBM152 2009a GM and WM probability maps, 1 mm."""
     gm, affine = to_ras_channels_last(_nilearn_volume("gm"))
     wm, _ = to_ras_channels_last(_nilearn_volume("wm"))
-    data = np.concatenate([gm, wm], axis=-1) / 255.0
+    data, affine = crop_to_content(np.concatenate([gm, wm], axis=-1) / 255.0, affine)
     return SourceVolume(
         name="mni152_2009a_tissues",
         volume_id="nilearn:datasets/data/mni_icbm152_{gm,wm}_tal_nlin_sym_09a_converted.nii.gz",

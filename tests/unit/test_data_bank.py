@@ -1,0 +1,132 @@
+"""Slice banks: deterministic shards, manifest provenance, atomic builds, augmentation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.recon.data.bank import (
+    SliceBank,
+    augment_complex_slice,
+    build_bank,
+    read_manifest,
+    slice_generator,
+)
+from services.recon.data.splits import EVALUATION_SOURCES, TRAINING_SOURCES, VALIDATION_SOURCES
+from services.recon.data.synthesis import synthesize_head_slice
+from services.recon.errors import InputError
+
+N, SIZE, SHARD = 5, 32, 3
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("banks") / "bank"
+    build_bank(out, n=N, seed=3, size=SIZE, workers=1, shard_size=SHARD)
+    return out
+
+
+def test_bank_files_and_manifest(bank: Path) -> None:
+    manifest = read_manifest(bank)
+    assert manifest["n"] == N and manifest["seed"] == 3 and manifest["size"] == SIZE
+    assert [s["count"] for s in manifest["shards"]] == [3, 2]
+    shard = np.load(bank / manifest["shards"][0]["file"])
+    assert shard.dtype == np.float16 and shard.shape == (3, 2, SIZE, SIZE)
+    assert "research use only" in manifest["notice"]
+    assert manifest["code_version"]["data_code_sha256"]
+    lines = (bank / "slices.csv").read_text().strip().splitlines()
+    assert len(lines) == N + 1
+    assert not list(bank.parent.glob(".bank.partial-*"))
+
+
+def test_manifest_sources_are_training_only(bank: Path) -> None:
+    manifest = read_manifest(bank)
+    names = {entry["source"] for entry in manifest["sources"]}
+    assert names and names <= set(TRAINING_SOURCES)
+    assert not names & (set(EVALUATION_SOURCES) | set(VALIDATION_SOURCES))
+    assert all(entry["split"] == "training" for entry in manifest["sources"])
+    text = (bank / "manifest.json").read_text() + (bank / "slices.csv").read_text()
+    assert "single_subj" not in text
+    for evaluation_source in EVALUATION_SOURCES:
+        assert evaluation_source not in text
+
+
+def test_bank_slice_is_the_seeded_synthesis(bank: Path) -> None:
+    manifest = read_manifest(bank)
+    pixel_mm = float((bank / "slices.csv").read_text().splitlines()[2].split(",")[6])
+    rng = slice_generator(3, 1)
+    weights = np.asarray(manifest["pixel_mm_weights"])
+    rng.choice(len(weights), p=weights / weights.sum())
+    expected = synthesize_head_slice(rng, SIZE, pixel_mm)
+    stored = SliceBank(bank, augment=False)[1].numpy()
+    np.testing.assert_allclose(stored[0], expected.real, atol=2e-3)
+    np.testing.assert_allclose(stored[1], expected.imag, atol=2e-3)
+
+
+def test_same_seed_same_bank(bank: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    build_bank(again, n=N, seed=3, size=SIZE, workers=1, shard_size=SHARD)
+    for shard in read_manifest(bank)["shards"]:
+        assert (again / shard["file"]).read_bytes() == (bank / shard["file"]).read_bytes()
+    original = json.loads((bank / "manifest.json").read_text())["shards"]
+    assert json.loads((again / "manifest.json").read_text())["shards"] == original
+
+
+def test_existing_bank_is_not_overwritten(bank: Path) -> None:
+    with pytest.raises(InputError, match="not empty"):
+        build_bank(bank, n=1, seed=0, size=SIZE, workers=1)
+
+
+def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.recon.data.bank as bank_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("synthesis failed")
+
+    monkeypatch.setattr(bank_module, "synthesize_head_slice_with_info", broken)
+    with pytest.raises(RuntimeError):
+        build_bank(tmp_path / "bank", n=2, seed=0, size=SIZE, workers=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dataset_shapes_and_seeded_augmentation(bank: Path) -> None:
+    plain = SliceBank(bank, augment=False)
+    seeded = SliceBank(bank, augment=True, seed=5)
+    assert len(plain) == N
+    item = seeded[2]
+    assert item.shape == (2, SIZE, SIZE) and item.dtype == torch.float32
+    torch.testing.assert_close(item, SliceBank(bank, augment=True, seed=5)[2])
+    magnitude = plain[2].square().sum(0).sqrt()
+    augmented = item.square().sum(0).sqrt()
+    ratio = augmented.sum() / magnitude.sum()
+    assert 0.8 - 1e-4 <= float(ratio) <= 1.25 + 1e-4
+    with pytest.raises(IndexError):
+        plain[N]
+
+
+def test_augmentation_is_a_rigid_phase_and_scale_change() -> None:
+    image = torch.randn(2, 8, 8)
+    out = augment_complex_slice(image, torch.Generator().manual_seed(0))
+    before = torch.sort((image.square().sum(0)).flatten()).values
+    after = torch.sort((out.square().sum(0)).flatten()).values
+    factor = after.sum() / before.sum()
+    torch.testing.assert_close(after, before * factor)
+    assert 0.8**2 - 1e-4 <= float(factor) <= 1.25**2 + 1e-4
+
+
+def test_directory_without_manifest_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a slice bank"):
+        SliceBank(tmp_path)
+
+
+@pytest.mark.slow
+def test_two_workers_build_the_same_bank(bank: Path, tmp_path: Path) -> None:
+    parallel = tmp_path / "parallel"
+    build_bank(parallel, n=N, seed=3, size=SIZE, workers=2, shard_size=SHARD)
+    for shard in read_manifest(bank)["shards"]:
+        assert (parallel / shard["file"]).read_bytes() == (bank / shard["file"]).read_bytes()
