@@ -267,8 +267,8 @@ def _submit(
 def _run_inline(started: Sequence[tuple[str, str]]) -> None:
     from pipelines.process_job import process_job
 
-    for tenant, job_id in started:
-        process_job(tenant=tenant, job_id=job_id)
+    for tenant, job_id in started:  # a failed job is in its record; the batch goes on
+        process_job(tenant=tenant, job_id=job_id, return_state=True)
 
 
 def _wait(storage: Storage, jobs: Sequence[tuple[str, str]], seconds: float) -> None:

@@ -18,7 +18,7 @@ from starlette.types import Scope
 from services.api.auth import ApiKeyStore
 from services.api.config import ApiConfig
 from services.api.deps import ApiServices
-from services.api.errors import install_error_handlers
+from services.api.errors import ErrorPublic, install_error_handlers
 from services.api.job_stats import read_job_stats
 from services.api.limits import BodySizeLimit
 from services.api.metrics import ApiMetrics, MetricsMiddleware
@@ -117,5 +117,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     job_create = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(job_create.pop("$defs", {}))
     components["JobCreate"] = job_create
+    components["ErrorPublic"] = ErrorPublic.model_json_schema()
+    # Validation errors are answered as {"detail": "<one line>"} too (see errors.py).
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("422")
+            if answer is not None:
+                answer["content"] = {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ErrorPublic"}}}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
     app.openapi_schema = schema
     return schema

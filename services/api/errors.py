@@ -53,9 +53,14 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
 async def _http_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     detail = error.detail if isinstance(error.detail, str) else str(error.detail)
+    if detail == FASTAPI_BODY_ERROR:
+        detail = "malformed request body: expected UTF-8 JSON (or multipart where allowed)"
     return error_response(error.status_code, one_line(detail), getattr(error, "headers", None))
 
 

@@ -151,10 +151,20 @@ def classifier_loss(
 
 
 def paired_noise(
-    batch: int, shape: Sequence[int], num_timesteps: int, generator: torch.Generator
+    batch: int,
+    shape: Sequence[int],
+    num_timesteps: int,
+    generator: torch.Generator,
+    low_noise_bias: float = 2.0,
 ) -> tuple[Tensor, Tensor]:
-    """Timesteps ``(B,)`` and noise ``(B, *shape)``, equal within each (healthy, lesion) pair."""
-    t = torch.randint(num_timesteps, (batch // 2,), generator=generator).repeat_interleave(2)
+    """Timesteps ``(B,)`` and noise ``(B, *shape)``, equal within each (healthy, lesion) pair.
+
+    ``t = floor(T u^bias)`` with ``u`` uniform: every level is drawn, low-noise levels (where a
+    lesion is visible at all, and where guidance acts) more often; ``bias = 1`` is uniform.
+    """
+    u = torch.rand(batch // 2, generator=generator, dtype=torch.float64)
+    t = (u.pow(low_noise_bias) * num_timesteps).long().clamp_max(num_timesteps - 1)
+    t = t.repeat_interleave(2)
     noise = torch.randn((batch // 2, *shape), generator=generator).repeat_interleave(2, dim=0)
     return t, noise
 

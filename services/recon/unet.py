@@ -26,7 +26,7 @@ class UNetConfig:
 
     in_channels: int = 2
     out_channels: int = 2
-    channels: tuple[int, ...] = (32, 64, 96, 128)
+    channels: tuple[int, ...] = (24, 48, 96, 128)
     blocks_per_level: int = 1
     attention_at_coarsest: bool = False
     norm_groups: int = 8

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from services.api.stack_process import api_server
 from services.settings import Settings
 from services.stack.process import ProcessSpec, all_of, http_ok, tcp_open
 from services.storage.objects import make_minio_client
@@ -224,5 +225,6 @@ COMPONENTS: tuple[Component, ...] = (
     prefect_server,
     ray_head,
     pipeline_server,
+    api_server,
 )
 """Started in this order, stopped in reverse. Add a process here (one line)."""

@@ -1,4 +1,4 @@
-"""``mrdiff up`` / ``down`` / ``status``: start the stack's processes in order, stop them in reverse.
+"""``mrdiff up`` / ``down`` / ``status``: start the processes in order, stop them in reverse.
 
 State lives in ``<data_dir>/stack/state.json`` (pids, start times, logs, URLs), written after
 each process becomes ready, so ``mrdiff down`` also cleans up after an ``up`` that failed half

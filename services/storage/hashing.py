@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, BinaryIO
 
 from services.recon.errors import InputError
+from services.storage.keys import validate_tenant
 
 CHUNK_SIZE = 1024 * 1024
 PROCESSING_KEY_VERSION = 1
@@ -90,7 +91,7 @@ def processing_key(
         raise InputError(f"model sha256 {model_sha256!r} is not sha256 hex")
     document = {
         "version": PROCESSING_KEY_VERSION,
-        "tenant": tenant,
+        "tenant": validate_tenant(tenant),
         "content_sha256": content,
         "options": options,
         "models": models,

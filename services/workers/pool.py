@@ -9,7 +9,8 @@ Actor death is survived at two levels. Ray restarts a dead actor (``max_restarts
 actor loads the models again) and retries the calls it was running (``max_task_retries``).
 When a call still fails because its actor died or is unreachable, the pool resubmits that
 slice to another actor and sends the died actor no more work until a probe call shows it is
-back (so slices do not queue behind a restart); a slice that has lost
+back (so slices do not queue behind a restart; ``ActorUnavailableError`` means "restarting,
+ask again", ``ActorDiedError`` means gone for good); a slice that has lost
 ``max_attempts_per_slice`` actors is reported as a :class:`WorkerError` rather than retried
 forever, and so is a volume whose actors are all gone for good. Errors raised by the
 reconstruction itself (bad input, :class:`~services.recon.errors.InputError`) are not retried:
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ from services.workers.errors import WorkerError
 
 log = logging.getLogger(__name__)
 ResultCallback = Callable[[int, Any], None]
+PROBE_INTERVAL_SECONDS = 0.5
 
 
 def _death_errors() -> tuple[type[BaseException], ...]:
@@ -248,6 +251,7 @@ class WorkerPool:
     ) -> Iterator[tuple[int, Any]]:
         """Dispatch ``count`` slices of ``method`` over the actors; yield results as they land."""
         import ray
+        from ray.exceptions import ActorUnavailableError
 
         actors = list(self._started())
         death_errors = _death_errors()
@@ -258,6 +262,7 @@ class WorkerPool:
         up = set(range(len(actors)))  # actors that take work; the others are being probed
         pending: dict[Any, tuple[int, int]] = {}  # slice call -> (slice index, actor slot)
         probes: dict[Any, int] = {}  # info() call on a died actor -> its slot
+        probe_again_at: dict[int, float] = {}  # restarting actor -> when to probe it again
         delivered: set[int] = set()
 
         def submit() -> None:
@@ -278,10 +283,23 @@ class WorkerPool:
                 up.discard(slot)
                 probes[actors[slot].info.remote()] = slot
 
+        def send_due_probes() -> float | None:
+            """Probe restarting actors whose turn has come; seconds until the next one."""
+            now = time.monotonic()
+            for slot, due in list(probe_again_at.items()):
+                if due <= now:
+                    del probe_again_at[slot]
+                    probes[actors[slot].info.remote()] = slot
+            return max(0.0, min(probe_again_at.values()) - now) if probe_again_at else None
+
         try:
             submit()
-            while pending or (waiting and probes):
-                ready, _ = ray.wait([*pending, *probes], num_returns=1)
+            while pending or (waiting and (probes or probe_again_at)):
+                next_probe_in = send_due_probes()
+                if not pending and not probes:
+                    time.sleep(next_probe_in or 0.0)
+                    continue
+                ready, _ = ray.wait([*pending, *probes], num_returns=1, timeout=next_probe_in)
                 for ref in ready:
                     if ref in probes:
                         slot = probes.pop(ref)
@@ -289,6 +307,8 @@ class WorkerPool:
                             ray.get(ref)
                             up.add(slot)
                             log.info("actor %d is back", slot)
+                        except ActorUnavailableError:  # still restarting
+                            probe_again_at[slot] = time.monotonic() + PROBE_INTERVAL_SECONDS
                         except death_errors:
                             log.warning("actor %d is gone for good", slot)
                         continue

@@ -7,13 +7,16 @@ bodies, and cancelling a running job.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
+import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import h5py
+import httpx
 import nibabel as nib
 import numpy as np
 import pytest
@@ -84,11 +87,9 @@ def dicom_zip(folder: Path, slices: int = 3, size: int = 32) -> bytes:
     return buffer.getvalue()
 
 
-def submit_file(client: object, name: str, data: bytes, options: dict[str, object],
-                **headers: str) -> object:
-    import json
-
-    return client.post(  # type: ignore[attr-defined]
+def submit_file(client: httpx.Client, name: str, data: bytes, options: Mapping[str, Any],
+                **headers: str) -> httpx.Response:
+    return client.post(
         "/v1/jobs",
         files={"file": (name, data, "application/octet-stream")},
         data={"options": json.dumps(options)},
@@ -96,9 +97,9 @@ def submit_file(client: object, name: str, data: bytes, options: dict[str, objec
     )
 
 
-def fetch_and_check_results(client: object, job: dict[str, object], slices: int) -> None:
+def fetch_and_check_results(client: httpx.Client, job: dict[str, Any], slices: int) -> None:
     """Every result format answers, with the right shape and the research-use notice."""
-    listing = client.get(job["links"]["results"])  # type: ignore[attr-defined, index]
+    listing = client.get(job["links"]["results"])
     assert listing.status_code == 200, listing.text
     items = {item["name"]: item for item in listing.json()["items"]}
     for name in ("reconstruction.png", "reconstruction.npy", "reconstruction.nii.gz",
@@ -107,31 +108,31 @@ def fetch_and_check_results(client: object, job: dict[str, object], slices: int)
     png_entry = items["reconstruction.png"]
     assert png_entry["media_type"] == "image/png" and png_entry["slices"] == slices
 
-    png = client.get(png_entry["url"], params={"slice": slices - 1, "window": 0.8,  # type: ignore[attr-defined]
+    png = client.get(png_entry["url"], params={"slice": slices - 1, "window": 0.8,
                                                "level": 0.4})
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     image = Image.open(io.BytesIO(png.content))
     assert image.width >= 32 and "research use only" in image.info.get("Disclaimer", "")
-    other = client.get(png_entry["url"], params={"slice": 0})  # type: ignore[attr-defined]
+    other = client.get(png_entry["url"], params={"slice": 0})
     assert other.status_code == 200 and other.content != png.content
 
-    volume = np.load(io.BytesIO(client.get(items["reconstruction.npy"]["url"]).content))  # type: ignore[attr-defined]
+    volume = np.load(io.BytesIO(client.get(items["reconstruction.npy"]["url"]).content))
     assert volume.shape[0] == slices and volume.dtype == np.float32 and volume.max() > 0
 
-    nifti = client.get(items["reconstruction.nii.gz"]["url"])  # type: ignore[attr-defined]
+    nifti = client.get(items["reconstruction.nii.gz"]["url"])
     assert nifti.status_code == 200
-    loaded = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(nifti.content))
+    loaded = nib.Nifti1Image.from_bytes(gzip.decompress(nifti.content))
     assert slices in loaded.shape
 
-    h5_bytes = client.get(items["reconstruction.h5"]["url"]).content  # type: ignore[attr-defined]
+    h5_bytes = client.get(items["reconstruction.h5"]["url"]).content
     with h5py.File(io.BytesIO(h5_bytes), "r") as h5:
         assert h5["reconstruction"].shape == volume.shape
         assert "research use only" in str(h5.attrs["research_use_only"])
 
-    report = client.get(items["report.json"]["url"])  # type: ignore[attr-defined]
+    report = client.get(items["report.json"]["url"])
     assert report.status_code == 200 and report.json()
 
-    out_of_range = client.get(png_entry["url"], params={"slice": slices})  # type: ignore[attr-defined]
+    out_of_range = client.get(png_entry["url"], params={"slice": slices})
     assert out_of_range.status_code == 422 and "out of range" in out_of_range.json()["detail"]
 
 
@@ -287,8 +288,6 @@ def test_uploads_over_the_limit_get_413(small_limit_stack: ApiStack, api_tenant:
 
 @slow
 def test_presigned_upload_then_submit_by_key(api_stack: ApiStack, api_tenant: str) -> None:
-    import httpx
-
     with api_stack.client(api_stack.key_for(api_tenant)) as client:
         upload = client.post("/v1/uploads", json={"filename": "large.h5"}).json()
         put = httpx.put(upload["url"], content=kspace_h5(seed=21))
@@ -356,8 +355,6 @@ def test_raw_keys_of_other_tenants_are_refused(
 def test_presigned_upload_goes_straight_to_the_raw_bucket(
     light_stack: ApiStack, storage: Storage, api_tenant: str
 ) -> None:
-    import httpx
-
     with light_stack.client(light_stack.key_for(api_tenant)) as client:
         created = client.post("/v1/uploads", json={"filename": "large.h5", "study": "s1"})
         assert created.status_code == 201, created.text

@@ -24,9 +24,11 @@ prefect_api_url = api_harness.prefect_api_url
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "screenshot_viewer.py"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("chromium") is None, reason="needs Debian chromium (apt-get install -y chromium)"
-)
+pytestmark = [
+    pytest.mark.slow,  # runs a job through Prefect and Ray, then two Chromium renders
+    pytest.mark.skipif(shutil.which("chromium") is None,
+                       reason="needs Debian chromium (apt-get install -y chromium)"),
+]
 
 
 def load_script() -> ModuleType:

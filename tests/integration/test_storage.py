@@ -302,7 +302,7 @@ def test_client_errors_are_not_retried(s3_server: S3Server) -> None:
         calls.append(time.monotonic())
         return original(bucket)
 
-    storage.objects.client.bucket_exists = counted  # type: ignore[method-assign]
+    storage.objects.client.bucket_exists = counted  # type: ignore[method-assign,assignment]
     with pytest.raises(S3Error, match=r"AccessDenied|SignatureDoesNotMatch"):
         storage.ensure_buckets()
     assert len(calls) == 1

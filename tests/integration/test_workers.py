@@ -131,6 +131,7 @@ def test_slices_of_a_killed_actor_go_to_the_other_actor_exactly_once(
         np.testing.assert_array_equal(results[index].reconstruction, expected)
 
 
+@pytest.mark.slow  # waits for Ray to restart the actor (a new process importing torch)
 def test_restarted_actor_gets_the_slices_back_exactly_once(ray_cluster: RayConnection) -> None:
     kspace, mask = _volume(seed=2)
     arrived: Counter[int] = Counter()

@@ -41,10 +41,10 @@ def one_thread() -> None:
 
 
 class PhantomBank(Dataset[torch.Tensor]):
-    """A few 32x32 healthy head phantoms as (2, H, W) complex slices, like a slice bank."""
+    """A few healthy head phantoms as (2, H, W) complex slices, like a slice bank."""
 
-    def __init__(self, count: int = 4) -> None:
-        base = head_phantom(32)
+    def __init__(self, count: int = 4, size: int = 32) -> None:
+        base = head_phantom(size)
         self.slices = [
             torch.from_numpy(np.stack([base * (0.8 + 0.1 * i), np.zeros_like(base)]))
             for i in range(count)
@@ -171,3 +171,17 @@ def test_accuracy_by_noise_level_reports_every_level() -> None:
     )
     assert [row.timestep for row in rows] == [0, 500]
     assert all(0.0 <= row.accuracy <= 1.0 and 0.0 <= row.auroc <= 1.0 for row in rows)
+
+
+@pytest.mark.slow
+def test_short_training_learns_to_tell_lesions_at_low_noise(tmp_path: Path) -> None:
+    """A few hundred steps on 32x32 phantoms: clean lesions are recognised well above chance."""
+    bank = PhantomBank(count=8)
+    train_classifier(bank, tmp_path / "run", steps=300, batch=8, threads=1, config=TINY, lr=1e-3)
+    exported = export_classifier(tmp_path / "run", tmp_path / "c.pt")
+    loaded = load_classifier(exported.path)
+    magnitudes = [head_phantom(32) * (0.75 + 0.05 * i) for i in range(12)]
+    images, labels = labelled_set(magnitudes, TRAINING_FAMILY, seed=123)
+    rows = accuracy_by_noise_level(loaded.model, loaded.schedule, images, labels, (0, 50, 999))
+    assert rows[0].auroc > 0.8
+    assert rows[-1].auroc < rows[0].auroc

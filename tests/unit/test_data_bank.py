@@ -130,3 +130,12 @@ def test_two_workers_build_the_same_bank(bank: Path, tmp_path: Path) -> None:
     build_bank(parallel, n=N, seed=3, size=SIZE, workers=2, shard_size=SHARD)
     for shard in read_manifest(bank)["shards"]:
         assert (parallel / shard["file"]).read_bytes() == (bank / shard["file"]).read_bytes()
+
+
+def test_pickled_bank_maps_files_again_instead_of_copying(bank: Path) -> None:
+    import pickle
+
+    dataset = SliceBank(bank, augment=False)
+    payload = pickle.dumps(dataset)
+    assert len(payload) < 20_000  # no shard data inside
+    torch.testing.assert_close(pickle.loads(payload)[4], dataset[4])

@@ -41,7 +41,7 @@ def require_webhook_token(
     "/minio",
     response_model=HookPublic,
     dependencies=[Depends(require_webhook_token)],
-    responses=responses(401, 404, 413, 422, 503),
+    responses=responses(400, 401, 404, 413, 422, 503),
     summary="MinIO bucket notification (s3:ObjectCreated events) -> ingest jobs",
 )
 async def minio_event(payload: Annotated[dict[str, Any], Body()]) -> HookPublic:

@@ -323,15 +323,25 @@ class SliceBank(Dataset[torch.Tensor]):
         self.manifest = read_manifest(self.directory)
         self.augment = augment
         self.seed = seed
-        self._shards = [
-            np.load(self.directory / shard["file"], mmap_mode="r")
-            for shard in self.manifest["shards"]
-        ]
-        counts = [len(shard) for shard in self._shards]
+        self._files = [self.directory / shard["file"] for shard in self.manifest["shards"]]
+        self._shards: list[np.ndarray] | None = None
+        counts = [len(shard) for shard in self._open()]
         expected = [int(shard["count"]) for shard in self.manifest["shards"]]
         if counts != expected:
             raise InputError(f"{self.directory}: shard sizes {counts} differ from the manifest")
         self._starts = np.cumsum([0, *counts])
+
+    def _open(self) -> list[np.ndarray]:
+        """Memory-map the shards (lazily, once per process)."""
+        if self._shards is None:
+            self._shards = [np.load(path, mmap_mode="r") for path in self._files]
+        return self._shards
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started by spawn re-map the files instead of copying the arrays
+        state = self.__dict__.copy()
+        state["_shards"] = None
+        return state
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -341,7 +351,7 @@ class SliceBank(Dataset[torch.Tensor]):
             raise IndexError(f"slice {index} outside a bank of {len(self)}")
         index %= len(self)
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
-        array = np.asarray(self._shards[shard][index - self._starts[shard]], dtype=np.float32)
+        array = np.asarray(self._open()[shard][index - self._starts[shard]], dtype=np.float32)
         image = torch.from_numpy(array)
         if not self.augment:
             return image
