@@ -30,19 +30,20 @@ def weights_sha256(path: Path) -> str:
         stat = path.stat()
     except OSError:
         raise InputError(f"model weights not found at {path}") from None
-    return _digest(path.resolve(), stat.st_mtime_ns, stat.st_size)
+    sidecar = path.with_name(path.name + ".sha256")
+    try:
+        sidecar_mtime_ns: int | None = sidecar.stat().st_mtime_ns
+    except OSError:
+        sidecar_mtime_ns = None
+    return _digest(path.resolve(), stat.st_mtime_ns, stat.st_size, sidecar_mtime_ns)
 
 
 @lru_cache(maxsize=16)
-def _digest(path: Path, mtime_ns: int, size: int) -> str:
-    sidecar = path.with_name(path.name + ".sha256")
-    try:
-        if sidecar.stat().st_mtime_ns >= mtime_ns:
-            words = sidecar.read_text().split()
-            if words and len(words[0]) == 64:
-                return words[0].lower()
-    except OSError:
-        pass
+def _digest(path: Path, mtime_ns: int, size: int, sidecar_mtime_ns: int | None) -> str:
+    if sidecar_mtime_ns is not None and sidecar_mtime_ns >= mtime_ns:
+        words = path.with_name(path.name + ".sha256").read_text().split()
+        if words and len(words[0]) == 64:
+            return words[0].lower()
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

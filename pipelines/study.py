@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 
 from pipelines.options import JobOptions
+from services.recon.engine import retrospective_kspace, undersample
 from services.recon.errors import InputError
 from services.recon.io import ImageVolume, KspaceVolume, read_dicom_series, read_input
 
@@ -90,8 +91,6 @@ def read_study_input(paths: Sequence[Path]) -> KspaceVolume | ImageVolume:
 
 def plan_study(kind: StudyKind, data: KspaceVolume | ImageVolume, options: JobOptions) -> Study:
     """Decide what to compute for ``data`` with ``options`` (simulating k-space for images)."""
-    from services.recon.engine import retrospective_kspace, undersample
-
     if isinstance(data, KspaceVolume):
         kspace = undersample(data, options.retrospective_options()) if options.mask else data
         return Study(kind, kspace, None, options.anomaly)

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import h5py
 import httpx
@@ -165,7 +166,8 @@ def self_contained_stack(workdir: Path) -> Iterator[tuple[str, str]]:
         prefect_url = str(PREFECT_API_URL.value())
         settings = settings.model_copy(update={"prefect_api_url": prefect_url})
         Storage.from_settings(settings).ensure_buckets()
-        process_job.to_deployment(name="process-job").apply()
+        deployment: Any = process_job.to_deployment(name="process-job")  # sync outside a loop
+        deployment.apply()
         key = ApiKeyStore(ApiConfig.from_settings(settings).api_keys_file,
                           settings.api_pepper.get_secret_value()).create("load").secret
         env = {

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import logging
 import signal
 import sys
+import warnings
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -24,17 +25,26 @@ from services.storage.jobs import JobRecord
 from services.storage.storage import Storage
 
 console = Console(width=120)
+# The stack's processes are meant to outlive the command that started them (`up --detach`,
+# `demo`); Python would otherwise warn about every Popen handle it drops while they run.
+warnings.filterwarnings(
+    "ignore", message=r"subprocess \d+ is still running", category=ResourceWarning
+)
 
 
 def _stack(settings: Settings | None = None) -> Stack:
     return Stack(StackPlan.from_settings(settings or get_settings()))
 
 
-def _use_stack_environment(stack: Stack) -> Settings:
-    """Make this process a client of the stack (Prefect API, Ray, S3) and return its settings."""
-    os.environ.update(stack.plan.environment())
-    get_settings.cache_clear()
-    return get_settings()
+def ensure_stack() -> Stack:
+    """The local stack, brought up (detached) if it is not fully running."""
+    stack = _stack()
+    if not stack.is_up():
+        try:
+            stack.up(echo=lambda line: console.print(line))
+        except StackError as error:
+            raise InputError(str(error)) from None
+    return stack
 
 
 def print_urls(stack: Stack) -> None:
@@ -111,13 +121,9 @@ def demo(
 ) -> None:
     """Bring the stack up, push the sample k-space and DICOM series through it, show results."""
     flow = demo_flow
-    stack = _stack()
-    if not stack.is_up():
-        try:
-            stack.up(echo=lambda line: console.print(line))
-        except StackError as error:
-            raise InputError(str(error)) from None
-    settings = _use_stack_environment(stack)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    stack = ensure_stack()
+    settings = stack.client_settings()
     storage = Storage.from_settings(settings)
     h5, dicom = flow.sample_data(sample_dir or settings.data_dir / "sample", console.print)
     options, note = flow.demo_options(settings, method)

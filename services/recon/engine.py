@@ -131,6 +131,7 @@ class ReconEngine:
         multicoil: bool,
         options: ReconOptions,
         initial: np.ndarray | None = None,
+        pixel_size_mm: tuple[float, float] | None = None,
     ) -> SliceResult:
         """Reconstruct one slice of measured k-space ``(C, H, W)`` sampled where ``mask`` is set."""
         options = options.validated()
@@ -143,7 +144,9 @@ class ReconEngine:
         variance: np.ndarray | None = None
         warnings: tuple[str, ...] = ()
         if options.method == "diffusion":
-            image, variance, warnings = self._diffusion(single, mask, maps, options, initial)
+            image, variance, warnings = self._diffusion(
+                single, mask, maps, options, initial, pixel_size_mm
+            )
         else:
             image = baselines.run_baseline(
                 options.method, single, mask, maps=maps, lam=options.lam,
@@ -165,7 +168,8 @@ class ReconEngine:
         maps: np.ndarray | None,
         options: ReconOptions,
         initial: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        pixel_size_mm: tuple[float, float] | None,
+    ) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
         from services.recon.sampler import SamplerConfig, reconstruct
 
         config = SamplerConfig(
@@ -178,7 +182,8 @@ class ReconEngine:
         if options.warm_start is not None and initial is None:
             initial = baselines.zero_filled(kspace, mask, maps=maps)
         result = reconstruct(
-            self.prior, kspace, mask, maps=maps, config=config, seed=options.seed, initial=initial
+            self.prior, kspace, mask, maps=maps, config=config, seed=options.seed,
+            initial=initial, pixel_size_mm=pixel_size_mm,
         )
         return result.image, result.variance, tuple(result.warnings)
 
@@ -197,7 +202,11 @@ class ReconEngine:
             slice_options = replace(options, seed=options.seed + index)
             results.append(
                 self.reconstruct_slice(
-                    volume.kspace[index], volume.mask[index], volume.multicoil, slice_options
+                    volume.kspace[index],
+                    volume.mask[index],
+                    volume.multicoil,
+                    slice_options,
+                    pixel_size_mm=volume.pixel_spacing_mm,
                 )
             )
             if on_slice is not None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -51,7 +51,13 @@ EpsFunction = Callable[[Tensor, int], Tensor]
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Knobs of the sampler; the defaults are the ones reported in MODEL_CARD.md."""
+    """Knobs of the sampler; the defaults are the ones reported in MODEL_CARD.md.
+
+    ``final_dc_iterations`` (multi-coil only) are the CG steps of the data consistency after
+    the last step of each stage; every other step takes one gradient step (DiffuseRecon).
+    ``clip_x0`` bounds the real and imaginary parts of each step's clean-image estimate in the
+    prior's units (99th percentile magnitude = 1), as guided-diffusion's ``clip_denoised``.
+    """
 
     samples: int = 8
     steps: int = 50
@@ -59,6 +65,8 @@ class SamplerConfig:
     warm_start: int | None = None
     full_schedule: bool = False
     eta: float = 1.0
+    clip_x0: float | None = 5.0
+    final_dc_iterations: int = 10
     keep_samples: bool = False
     bf16: bool = True
 
@@ -132,15 +140,47 @@ class Measurement:
         eps = to_complex(randn((batch, 2, *self.mask.shape), generator, self.kspace.device))
         return abar**0.5 * y + (1 - abar) ** 0.5 * self.forward(eps)
 
-    def project(self, image: Tensor, target: Tensor) -> Tensor:
-        """Data consistency: replace the sampled k-space of ``image`` (B, H, W) by ``target``.
+    def project(self, image: Tensor, target: Tensor, iterations: int = 1) -> Tensor:
+        """Data consistency: make the sampled k-space of ``image`` (B, H, W) agree with ``target``.
 
-        Single coil this is exact replacement; multi-coil it is ``x - S^H F^H M (M F S x - y)``.
+        Single coil: exact replacement on the sampled locations. Multi-coil: one step
+        ``x - S^H F^H M (M F S x - y)`` when ``iterations`` is 1, else that many conjugate
+        gradient (CGLS) steps on ``min ||M F S x - y||``, which change ``x`` only within the
+        range of ``S^H F^H M`` (the unmeasured part of ``x`` is kept).
         """
         if self.maps is None:
             kspace = physics.fft2c(image)
             return physics.ifft2c(torch.where(self.mask, target, kspace))
-        return image - self.adjoint(self.forward(image) - target)
+        if iterations <= 1:
+            return image - self.adjoint(self.forward(image) - target)
+        return self._cgls(image, target, iterations)
+
+    def _cgls(self, image: Tensor, target: Tensor, iterations: int) -> Tensor:
+        """CGLS (Hestenes-Stiefel) for the SENSE least-squares problem, batched, from ``image``."""
+
+        def squared_norm(z: Tensor) -> Tensor:
+            return z.abs().square().flatten(start_dim=1).sum(dim=1)
+
+        def per_item(value: Tensor, like: Tensor) -> Tensor:
+            return value.reshape(-1, *([1] * (like.dim() - 1)))
+
+        tiny = torch.finfo(torch.float32).tiny
+        x = image
+        residual = target - self.forward(x)
+        gradient = self.adjoint(residual)
+        direction = gradient
+        gamma = squared_norm(gradient)
+        for _ in range(iterations):
+            step_kspace = self.forward(direction)
+            alpha = gamma / squared_norm(step_kspace).clamp_min(tiny)
+            x = x + per_item(alpha, x) * direction
+            residual = residual - per_item(alpha, residual) * step_kspace
+            gradient = self.adjoint(residual)
+            gamma_next = squared_norm(gradient)
+            beta = gamma_next / gamma.clamp_min(tiny)
+            direction = gradient + per_item(beta, direction) * direction
+            gamma = gamma_next
+        return x
 
 
 def randn(shape: Sequence[int], generator: torch.Generator, device: torch.device) -> Tensor:
@@ -290,17 +330,23 @@ def iter_reconstruct(
 
     ``kspace`` is (H, W) single-coil or (C, H, W) multi-coil, centred; ``mask`` broadcasts to
     (H, W); ``maps`` (C, H, W) are ESPIRiT maps (estimated here when None and multi-coil).
-    ``initial`` (H, W) complex, in the units of the zero-filled image, is the warm start
-    estimate (default: the zero-filled image) used when ``config.warm_start`` is set.
+    Warm start: with ``config.warm_start = t0`` the samples start from ``initial`` (H, W)
+    complex, in the units of the zero-filled image (default: the zero-filled image itself),
+    noised to ``t0``; giving ``initial`` without ``warm_start`` uses ``t0 = 400``.
     """
     schedule = prior.schedule
-    cfg = (config or SamplerConfig()).validated(schedule.num_timesteps)
+    cfg = config or SamplerConfig()
+    if initial is not None and cfg.warm_start is None:
+        cfg = replace(cfg, warm_start=min(DEFAULT_WARM_START, schedule.num_timesteps - 1))
+    cfg = cfg.validated(schedule.num_timesteps)
     measured, sampled, coil_maps = prepare_measurement(kspace, mask, maps)
     warnings = input_warnings(sampled, pixel_size_mm)
     device = prior.device
     generator = torch.Generator().manual_seed(seed)
     eps_fn = prior_eps_function(prior, cfg.bf16)
 
+    # Inference mode is entered per block, never across a yield, so it does not leak into
+    # the caller's code between progress reports.
     with torch.inference_mode():
         mask_t = torch.as_tensor(sampled, device=device)
         maps_t = None if coil_maps is None else torch.as_tensor(coil_maps, device=device)
@@ -325,43 +371,49 @@ def iter_reconstruct(
             x = randn((batch, 2, height, width), generator, device)
         x = to_channels(data.project(to_complex(x), data.noised(schedule, start, batch, generator)))
 
-        pairs = step_pairs(timesteps)
-        for number, (t, t_prev) in enumerate(pairs, start=1):
+    pairs = step_pairs(timesteps)
+    for number, (t, t_prev) in enumerate(pairs, start=1):
+        with torch.inference_mode():
             eps = eps_fn(x, t)
             noise = randn(x.shape, generator, device) if cfg.eta > 0 else None
-            x = schedule.ddim_step(x, eps, t, t_prev, eta=cfg.eta, noise=noise)
+            x = schedule.ddim_step(x, eps, t, t_prev, cfg.eta, noise, cfg.clip_x0)
             target = data.noised(schedule, t_prev, batch, generator)
-            x = to_channels(data.project(to_complex(x), target))
-            yield Progress("coarse", number, len(pairs))
+            iterations = cfg.final_dc_iterations if t_prev == CLEAN else 1
+            x = to_channels(data.project(to_complex(x), target, iterations))
+        yield Progress("coarse", number, len(pairs))
 
+    with torch.inference_mode():
         samples = to_complex(x)
         variance = samples.abs().var(dim=0, correction=1) if batch > 1 else None
         image = samples.mean(dim=0, keepdim=True)
+        refine_pairs = step_pairs(list(range(cfg.refine_steps))) if cfg.refine_steps else []
+        if refine_pairs:
+            noise = randn((1, 2, height, width), generator, device)
+            x = schedule.q_sample(to_channels(image), refine_pairs[0][0], noise)
 
-        if cfg.refine_steps > 0:
-            refine = list(range(cfg.refine_steps))
-            x = schedule.q_sample(
-                to_channels(image), refine[-1], randn((1, 2, height, width), generator, device)
-            )
-            refine_pairs = step_pairs(refine)
-            for number, (t, t_prev) in enumerate(refine_pairs, start=1):
-                x = schedule.ddim_step(x, eps_fn(x, t), t, t_prev, eta=0.0)
-                x = to_channels(data.project(to_complex(x), data.kspace[None]))
-                yield Progress("refine", number, len(refine_pairs))
+    for number, (t, t_prev) in enumerate(refine_pairs, start=1):
+        with torch.inference_mode():
+            x = schedule.ddim_step(x, eps_fn(x, t), t, t_prev, 0.0, None, cfg.clip_x0)
+            iterations = cfg.final_dc_iterations if t_prev == CLEAN else 1
+            x = to_channels(data.project(to_complex(x), data.kspace[None], iterations))
             image = to_complex(x)
+        yield Progress("refine", number, len(refine_pairs))
 
+    with torch.inference_mode():
         final = (image[0] * scale).cpu().numpy().astype(np.complex64)
-        residual = physics.data_consistency_residual(final, measured, sampled, maps=coil_maps)
-        yield Reconstruction(
-            image=final,
-            magnitude=np.abs(final).astype(np.float32),
-            variance=None if variance is None else (variance * scale**2).cpu().numpy(),
-            samples=(samples * scale).cpu().numpy() if cfg.keep_samples else None,
-            dc_residual=float(residual),
-            warnings=warnings,
-            scale=scale,
-            timesteps=timesteps,
-        )
+        variance_out = None if variance is None else (variance * scale**2).cpu().numpy()
+        samples_out = (samples * scale).cpu().numpy() if cfg.keep_samples else None
+    residual = physics.data_consistency_residual(final, measured, sampled, maps=coil_maps)
+    yield Reconstruction(
+        image=final,
+        magnitude=np.abs(final).astype(np.float32),
+        variance=variance_out,
+        samples=samples_out,
+        dc_residual=float(residual),
+        warnings=warnings,
+        scale=scale,
+        timesteps=timesteps,
+    )
 
 
 def _initial_estimate(initial: np.ndarray | Tensor, device: torch.device) -> Tensor:
@@ -398,6 +450,7 @@ def sample_unconditional(
     shape: tuple[int, int] = (128, 128),
     eta: float = 0.0,
     batch: int = 8,
+    clip_x0: float | None = 5.0,
 ) -> np.ndarray:
     """Unconditional DDIM samples of the prior, one per seed, complex (S, H, W), p99 units.
 
@@ -420,6 +473,6 @@ def sample_unconditional(
                 noise = None
                 if eta > 0:
                     noise = torch.cat([randn((1, 2, *shape), g, device) for g in generators])
-                x = schedule.ddim_step(x, eps_fn(x, t), t, t_prev, eta=eta, noise=noise)
+                x = schedule.ddim_step(x, eps_fn(x, t), t, t_prev, eta, noise, clip_x0)
             results.append(to_complex(x).cpu())
     return torch.cat(results).numpy()

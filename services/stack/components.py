@@ -16,12 +16,20 @@ import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from services.api.stack_process import api_server
 from services.settings import Settings
-from services.stack.process import ProcessSpec, all_of, http_ok, tcp_open
+from services.stack.process import (
+    ProcessSpec,
+    ReadyCheck,
+    all_of,
+    http_json,
+    http_ok,
+    tcp_open,
+)
 from services.storage.objects import make_minio_client
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -127,6 +135,20 @@ class StackPlan:
         }
 
 
+def deployment_served(url: str, within_seconds: float = 60.0) -> ReadyCheck:
+    """A readiness check: the deployment at ``url`` was polled by a runner just now."""
+
+    def check() -> bool:
+        document = http_json(url)
+        polled = document.get("last_polled") if isinstance(document, dict) else None
+        if not isinstance(polled, str):
+            return False
+        age = datetime.now(UTC) - datetime.fromisoformat(polled.replace("Z", "+00:00"))
+        return age.total_seconds() < within_seconds
+
+    return check
+
+
 def _bin(name: str) -> str:
     """A console script installed beside this interpreter (the project's venv)."""
     return str(Path(sys.executable).with_name(name))
@@ -162,6 +184,7 @@ def s3_server(plan: StackPlan) -> ProcessSpec | None:
         ready=all_of(tcp_open("127.0.0.1", port), answers_signed_requests),
         urls={"S3 endpoint": settings.s3_url},
         ready_timeout=30.0,
+        ports=(port,),
     )
 
 
@@ -180,6 +203,7 @@ def prefect_server(plan: StackPlan) -> ProcessSpec | None:
         ready=http_ok(f"{plan.prefect_api_url}/health"),
         urls={"Prefect UI": plan.prefect_ui_url, "Prefect API": plan.prefect_api_url},
         ready_timeout=120.0,
+        ports=(port,),
     )
 
 
@@ -204,6 +228,7 @@ def ray_head(plan: StackPlan) -> ProcessSpec | None:
         urls={"Ray dashboard": plan.ray_dashboard_url, "Ray address": plan.ray_address},
         ready_timeout=180.0,
         stop_timeout=45.0,
+        ports=(port, RAY_DASHBOARD_PORT),
     )
 
 
@@ -212,7 +237,7 @@ def pipeline_server(plan: StackPlan) -> ProcessSpec:
     return ProcessSpec(
         name="pipelines",
         argv=[sys.executable, "-m", "pipelines.serve"],
-        ready=http_ok(f"{plan.prefect_api_url}/deployments/name/process-job/process-job"),
+        ready=deployment_served(f"{plan.prefect_api_url}/deployments/name/process-job/process-job"),
         urls={"Prefect deployments": f"{plan.prefect_ui_url}/deployments"},
         cwd=REPO_ROOT,
         ready_timeout=180.0,

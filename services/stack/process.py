@@ -12,6 +12,7 @@ still belongs to the same process (its start time), never by name.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -38,6 +39,8 @@ class ProcessSpec:
     cwd: Path | None = None
     ready_timeout: float = 90.0
     stop_timeout: float = 30.0
+    ports: tuple[int, ...] = ()
+    """Loopback ports it listens on; taken ports make ``mrdiff up`` stop before starting it."""
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,15 @@ def http_ok(url: str, timeout: float = 2.0) -> ReadyCheck:
             return False
 
     return check
+
+
+def http_json(url: str, timeout: float = 2.0) -> object:
+    """The JSON document at ``url``, or None when it does not answer with one."""
+    try:
+        with _DIRECT.open(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
 
 
 def tcp_open(host: str, port: int, timeout: float = 1.0) -> ReadyCheck:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from services.settings import Settings, get_settings
 from services.stack.components import COMPONENTS, Component, StackPlan
 from services.stack.process import (
     ProcessSpec,
@@ -25,6 +26,7 @@ from services.stack.process import (
     log_tail,
     start_process,
     stop_process,
+    tcp_open,
     wait_until_ready,
 )
 
@@ -53,6 +55,7 @@ class Stack:
     def __init__(self, plan: StackPlan, components: Sequence[Component] = COMPONENTS) -> None:
         self.plan = plan
         self.components = tuple(components)
+        self._children: list[object] = []  # Popen handles of processes started by this object
 
     # -- state file -----------------------------------------------------------------------------
     @property
@@ -98,6 +101,7 @@ class Stack:
                 name=spec.name, argv=spec.argv, ready=spec.ready, urls=spec.urls,
                 env={**environment, **spec.env}, cwd=spec.cwd,
                 ready_timeout=spec.ready_timeout, stop_timeout=spec.stop_timeout,
+                ports=spec.ports,
             )
             for spec in found
             if spec is not None
@@ -114,14 +118,16 @@ class Stack:
                 if spec.name in alive:
                     processes.append(alive[spec.name])
                     continue
-                if spec.ready():
+                taken = [port for port in spec.ports if tcp_open("127.0.0.1", port)()]
+                if taken:
                     raise StackError(
-                        f"{spec.name}: something else already answers at "
-                        f"{', '.join(spec.urls.values())}; stop it or change the settings"
+                        f"{spec.name}: port {', '.join(map(str, taken))} on 127.0.0.1 is taken "
+                        "by another program; stop it or change the settings"
                     )
                 echo(f"starting {spec.name} ...")
                 clock = time.monotonic()
                 running, popen = start_process(spec, self.plan.log_dir)
+                self._children.append(popen)
                 processes.append(running)
                 started.append(running)
                 self._record(processes)
@@ -167,6 +173,12 @@ class Stack:
                 log=process.log if process else None,
             ))
         return rows
+
+    def client_settings(self) -> Settings:
+        """Settings of a client of this stack: this process joins its S3, Prefect and Ray."""
+        os.environ.update(self.plan.environment())
+        get_settings.cache_clear()
+        return get_settings()
 
     def is_up(self) -> bool:
         """True when every configured process runs and answers."""

@@ -5,10 +5,10 @@ Unset: start a private local cluster on loopback (``address="local"``, so a clus
 else started on this machine is never joined by accident), without the dashboard.
 
 Ray 2.60 on Linux replaces ``_node_ip_address="127.0.0.1"`` by the machine's routable address
-and binds GCS and raylets on every interface. Its single-machine mode
-(``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the default on macOS/Windows) keeps every Ray process
-on 127.0.0.1; :func:`connect_ray` switches it on for the local cluster it starts, which matters
-all the more since that cluster runs without token auth.
+and binds GCS and raylets on every interface. Its single-machine mode (what
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` selects, the default on macOS/Windows) keeps every Ray
+process on 127.0.0.1; :func:`connect_ray` switches it on, in this process only, for the local
+cluster it starts, which matters all the more since that cluster runs without token auth.
 
 Ray 2.60 turns token authentication on for new local clusters unless ``RAY_AUTH_MODE`` says
 otherwise. ``settings.ray_auth_mode`` decides; when it is unset, a local development cluster
@@ -29,7 +29,6 @@ from services.settings import Settings
 
 LOOPBACK = "127.0.0.1"
 NAMESPACE = "mrdiff"
-SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class RayConnection(NamedTuple):
@@ -100,12 +99,28 @@ def connect_ray(
     )
 
 
+_saved_cluster_flag: list[bool] = []
+
+
 def _single_machine_mode() -> None:
-    """Make Ray bind the cluster this process starts on loopback only (see module docstring)."""
+    """Make Ray bind the cluster this process starts on loopback only (see module docstring).
+
+    Only this process's copy of the flag changes (it is read when the head node picks its IP,
+    and every Ray process of the new cluster inherits that IP); the environment is left alone
+    so that a ``ray start`` launched later from this process still works.
+    """
     from ray._private import ray_constants
 
-    os.environ[SINGLE_MACHINE_ENV] = "0"  # for Ray processes started from here
-    ray_constants.ENABLE_RAY_CLUSTER = False  # read when the node picks its IP address
+    if not _saved_cluster_flag:
+        _saved_cluster_flag.append(ray_constants.ENABLE_RAY_CLUSTER)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _restore_cluster_mode() -> None:
+    from ray._private import ray_constants
+
+    if _saved_cluster_flag:
+        ray_constants.ENABLE_RAY_CLUSTER = _saved_cluster_flag.pop()
 
 
 def disconnect_ray() -> None:
@@ -114,3 +129,4 @@ def disconnect_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    _restore_cluster_mode()

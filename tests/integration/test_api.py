@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import importlib.util
 import io
 import json
+import os
+import shutil
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import h5py
@@ -43,6 +47,14 @@ slow = pytest.mark.slow
 
 FAST = {"method": "zero-filled"}
 FAST_IMAGES = {"method": "zero-filled", "mask": "random1d", "accel": 4}
+# The viewer shows uncertainty only for sampling methods: use the diffusion prior when its
+# weights are installed (and anomaly maps when the classifier is), else the fast baseline.
+WEIGHTS = Path(__file__).resolve().parents[2] / "services" / "recon" / "weights"
+VIEWER_OPTIONS: dict[str, Any] = (
+    {"method": "diffusion", "samples": 4, "steps": 20, "refine_steps": 2,
+     "anomaly": (WEIGHTS / "classifier.pt").exists()}
+    if (WEIGHTS / "prior.pt").exists() else {"method": "zero-filled"}
+)
 
 
 def fft2c(image: np.ndarray) -> np.ndarray:
@@ -393,3 +405,53 @@ def test_readiness_with_the_whole_stack(api_stack: ApiStack) -> None:
         assert ready.status_code == 200, ready.text
         assert ready.json()["status"] == "ready"
         assert all(check["ok"] for check in ready.json()["checks"].values())
+
+
+SCREENSHOT_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "screenshot_viewer.py"
+
+
+def load_screenshot_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("screenshot_viewer", SCREENSHOT_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@slow
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="needs Debian chromium (apt-get install -y chromium)")
+def test_viewer_shows_a_finished_job_in_three_panels(
+    api_stack: ApiStack, api_tenant: str, tmp_path: Path
+) -> None:
+    """Headless Chromium loads the viewer for a finished job: three panels, images loaded.
+
+    With MRDIFF_VIEWER_SCREENSHOT=docs/viewer.png the screenshot is also kept there.
+    """
+    viewer = load_screenshot_script()
+    key = api_stack.key_for(api_tenant)
+    options = VIEWER_OPTIONS
+    with api_stack.client(key) as client:
+        job = submit_file(client, "knee.h5", kspace_h5(slices=6, size=64, seed=41), options)
+        assert job.status_code == 202, job.text
+        done = wait_for_state(client, job.json()["id"], {"succeeded"})
+        page = client.get(done["links"]["viewer"])
+        assert page.status_code == 200 and "content-security-policy" in page.headers
+
+    check = viewer.check_viewer(api_stack.base_url, done["id"], key)
+    assert check.state == "ready", check
+    assert set(check.panels) == {"panel-reconstruction", "panel-uncertainty", "panel-anomaly"}
+    assert check.panels["panel-reconstruction"], check
+    assert "research use only" in check.status.lower()
+
+    out = viewer.screenshot(api_stack.base_url, done["id"], key, tmp_path / "viewer.png")
+    with Image.open(out) as shot:
+        assert shot.size == (1600, 900)
+        assert len(set(shot.convert("L").getdata())) > 16  # not a blank page
+    keep = os.environ.get("MRDIFF_VIEWER_SCREENSHOT")
+    if keep:
+        Path(keep).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out, keep)
+
+    refused = viewer.check_viewer(api_stack.base_url, done["id"], "mrd_wrong")
+    assert refused.state == "needs-key" and "refused" in refused.status

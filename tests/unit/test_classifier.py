@@ -175,13 +175,20 @@ def test_accuracy_by_noise_level_reports_every_level() -> None:
 
 @pytest.mark.slow
 def test_short_training_learns_to_tell_lesions_at_low_noise(tmp_path: Path) -> None:
-    """A few hundred steps on 32x32 phantoms: clean lesions are recognised well above chance."""
-    bank = PhantomBank(count=8)
-    train_classifier(bank, tmp_path / "run", steps=300, batch=8, threads=1, config=TINY, lr=1e-3)
-    exported = export_classifier(tmp_path / "run", tmp_path / "c.pt")
-    loaded = load_classifier(exported.path)
-    magnitudes = [head_phantom(32) * (0.75 + 0.05 * i) for i in range(12)]
+    """A few hundred steps on 64x64 phantoms: the loss falls and clean lesions are recognised."""
+    config = ClassifierConfig(channels=(16, 32), norm_groups=4, time_embedding_dim=32)
+    bank = PhantomBank(count=8, size=64)
+    train_classifier(
+        bank, tmp_path / "run", steps=400, batch=8, threads=1, config=config, lr=2e-3, bf16=False
+    )
+    losses = [
+        float(line.split(",")[1])
+        for line in (tmp_path / "run" / "loss.csv").read_text().splitlines()[1:]
+    ]
+    assert np.mean(losses[-100:]) < np.mean(losses[:100]) - 0.02
+    loaded = load_classifier(export_classifier(tmp_path / "run", tmp_path / "c.pt").path)
+    magnitudes = [head_phantom(64) * (0.75 + 0.02 * i) for i in range(24)]
     images, labels = labelled_set(magnitudes, TRAINING_FAMILY, seed=123)
-    rows = accuracy_by_noise_level(loaded.model, loaded.schedule, images, labels, (0, 50, 999))
-    assert rows[0].auroc > 0.8
-    assert rows[-1].auroc < rows[0].auroc
+    rows = accuracy_by_noise_level(loaded.model, loaded.schedule, images, labels, (0, 999))
+    assert rows[0].auroc > 0.65
+    assert abs(rows[1].auroc - 0.5) < 0.2, "pure noise cannot be classified"

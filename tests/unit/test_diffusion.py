@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -38,7 +39,7 @@ def test_space_timesteps_are_even_ascending_and_keep_both_ends() -> None:
     steps = space_timesteps(1000, 50)
     assert len(steps) == 50 and steps[0] == 0 and steps[-1] == 999
     assert steps == sorted(set(steps))
-    gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(steps)]
     assert max(gaps) - min(gaps) <= 1
     assert space_timesteps(1000, 1000) == list(range(1000))
     assert space_timesteps(1000, 5, start=399) == [0, 100, 200, 299, 399]
@@ -97,9 +98,10 @@ def test_ddpm_step_has_posterior_mean_and_variance(schedule: DiffusionSchedule) 
     eps = schedule.predict_eps(x_t, t, x0)
     abar_t, abar_prev = schedule.alpha_bars[t], schedule.alpha_bars[t_prev]
     beta = 1 - abar_t / abar_prev
-    mean = abar_prev.sqrt() * beta / (1 - abar_t) * 0.5 + (1 - beta).sqrt() * (1 - abar_prev) / (
-        1 - abar_t
-    ) * 0.2
+    mean = (
+        abar_prev.sqrt() * beta / (1 - abar_t) * 0.5
+        + (1 - beta).sqrt() * (1 - abar_prev) / (1 - abar_t) * 0.2
+    )
     std = (beta * (1 - abar_prev) / (1 - abar_t)).sqrt()
     zero = schedule.ddpm_step(x_t, eps, t, t_prev, torch.zeros_like(x_t))
     one = schedule.ddpm_step(x_t, eps, t, t_prev, torch.ones_like(x_t))

@@ -118,9 +118,16 @@ def test_checkpoints_hold_everything_and_old_ones_are_pruned(tmp_path: Path) -> 
     paths = checkpoint_paths(tmp_path)
     assert [p.name for p in paths] == [f"step_{s:08d}.pt" for s in (6, 8, 10)]
     payload = read_checkpoint(paths[-1])
-    assert {"model", "ema", "optimizer", "step", "rng", "unet_config", "settings", "schedule"} <= set(
-        payload
-    )
+    assert {
+        "model",
+        "ema",
+        "optimizer",
+        "step",
+        "rng",
+        "unet_config",
+        "settings",
+        "schedule",
+    } <= set(payload)
     assert UNetConfig.from_dict(payload["unet_config"]) == TINY
     assert not list(tmp_path.glob("**/*.tmp"))
     assert result.step == 10  # type: ignore[attr-defined]
@@ -192,3 +199,50 @@ def test_loader_rejects_missing_malformed_and_tampered_files(tmp_path: Path) -> 
     (tmp_path / "prior.pt.sha256").write_text("0" * 64 + "  prior.pt\n")
     with pytest.raises(InputError, match="do not match"):
         load_prior(exported.path)
+
+
+def test_flow_chunks_cover_the_remaining_steps() -> None:
+    from pipelines.train_flow import chunk_targets
+
+    assert chunk_targets(0, 1200, 500) == [500, 1000, 1200]
+    assert chunk_targets(700, 1200, 500) == [1000, 1200]
+    assert chunk_targets(1000, 1000, 500) == []
+    assert chunk_targets(0, 300, 500) == [300]
+
+
+def test_cli_trains_exports_and_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from services.commands import train as train_commands
+    from services.recon import training
+
+    monkeypatch.setattr(training, "open_bank", lambda _: RandomSlices())
+    bank, run = tmp_path / "bank", tmp_path / "run"
+    bank.mkdir()
+    runner = CliRunner()
+    common = ["--bank", str(bank), "--run", str(run), "--batch", "4", "--threads", "1"]
+    trained = runner.invoke(app, ["train", "prior", *common, "--steps", "3"])
+    assert trained.exit_code == 0, trained.output
+    assert "at step 3/3" in trained.output
+    resumed = runner.invoke(app, ["train", "prior", *common, "--steps", "4"])
+    assert "resuming from" in resumed.output and "at step 4/4" in resumed.output
+
+    weights = tmp_path / "prior.pt"
+    exported = runner.invoke(app, ["train", "export", "--run", str(run), "--out", str(weights)])
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "prior.pt.sha256").is_file()
+
+    grid = tmp_path / "grid.png"
+    args = ["sample-prior", "--weights", str(weights), "--seeds", "0-2,7", "--steps", "3"]
+    sampled = runner.invoke(app, [*args, "--size", "16", "--out", str(grid)])
+    assert sampled.exit_code == 0, sampled.output
+    from PIL import Image
+
+    with Image.open(grid) as picture:
+        assert "research use only" in picture.info["Disclaimer"]
+    assert train_commands.parse_seeds("0-2,7") == [0, 1, 2, 7]
+    with pytest.raises(InputError):
+        train_commands.parse_seeds("3-1")
+    again = runner.invoke(app, [*args, "--size", "16", "--out", str(grid)])
+    assert again.exit_code != 0 and isinstance(again.exception, InputError)

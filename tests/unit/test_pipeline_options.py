@@ -1,0 +1,81 @@
+"""JobOptions: the options shared by the API, job.json files and the flows."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+
+from pipelines.config import PipelineConfig
+from pipelines.options import JobOptions, MaskKind, Method, default_job_options
+from services.recon.errors import InputError
+from services.settings import load_settings
+
+
+def test_spellings_match_the_reconstruction_core() -> None:
+    from services.recon.engine import METHODS
+    from services.recon.masks import MASK_KINDS
+
+    assert set(typing.get_args(Method)) == set(METHODS)
+    assert set(typing.get_args(MaskKind)) == set(MASK_KINDS)
+
+
+def test_defaults_match_the_engine_defaults() -> None:
+    from services.recon.engine import ReconOptions, RetrospectiveOptions
+
+    options = JobOptions()
+    engine, retro = ReconOptions(), RetrospectiveOptions()
+    assert (options.samples, options.steps, options.refine_steps, options.seed) == (
+        engine.samples, engine.steps, engine.refine_steps, engine.seed)
+    assert (options.accel, options.center_fraction, options.snr) == (
+        retro.accel, retro.center_fraction, retro.snr)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"method": "magic"}, "method"),
+        ({"samples": 0}, "samples"),
+        ({"reconstruct": False, "anomaly": False}, "reconstruct, compute an anomaly map"),
+        ({"colour": "red"}, "colour"),
+        ({"accel": 0.5}, "accel"),
+        ({"mask": "spiral"}, "mask"),
+        ([1, 2], "expected a JSON object"),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_bad_options_name_the_problem(data: object, message: str) -> None:
+    with pytest.raises(InputError, match=message) as caught:
+        JobOptions.parse(data, "job.json")
+    assert str(caught.value).startswith("job.json")
+    assert "\n" not in str(caught.value)
+
+
+def test_json_text_and_merging() -> None:
+    options = JobOptions.parse(b'{"method": "cs-tv", "seed": 7}')
+    assert (options.method, options.seed) == ("cs-tv", 7)
+    merged = options.merged({"samples": 4})
+    assert (merged.method, merged.samples, merged.seed) == ("cs-tv", 4, 7)
+    with pytest.raises(InputError, match="samples"):
+        options.merged({"samples": -1})
+
+
+def test_core_option_types() -> None:
+    options = JobOptions(method="zero-filled", seed=3, mask="poisson2d", accel=8.0, snr=30.0)
+    recon = options.recon_options()
+    retro = options.retrospective_options()
+    assert (recon.method, recon.seed) == ("zero-filled", 3)
+    assert (retro.mask, retro.accel, retro.seed, retro.snr) == ("poisson2d", 8.0, 3, 30.0)
+    assert JobOptions().retrospective_options().mask == "random1d"
+
+
+def test_record_form_round_trips() -> None:
+    options = JobOptions(method="cs-l1", anomaly=True, mask="equispaced1d")
+    assert JobOptions.parse(options.as_record()) == options
+
+
+def test_default_options_from_settings() -> None:
+    assert default_job_options({"method": "zero-filled"}).method == "zero-filled"
+    config = PipelineConfig.from_settings(load_settings())
+    assert config.ingest_quiet_seconds > 0 and config.ingest_interval_seconds > 0
+    assert isinstance(config.default_options, JobOptions)

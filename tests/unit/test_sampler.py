@@ -1,0 +1,296 @@
+"""The k-space-guided sampler with a tiny randomly initialised prior on 32x32 slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.recon import physics
+from services.recon.coils import birdcage_maps
+from services.recon.diffusion import DiffusionSchedule
+from services.recon.errors import InputError
+from services.recon.prior import DEFAULT_WEIGHTS, LoadedPrior, load_prior
+from services.recon.sampler import (
+    Progress,
+    Reconstruction,
+    SamplerConfig,
+    coarse_timesteps,
+    input_warnings,
+    iter_reconstruct,
+    reconstruct,
+    sample_unconditional,
+)
+from services.recon.unet import UNet, UNetConfig, to_device
+
+SIZE = 32
+FAST = SamplerConfig(samples=3, steps=6, refine_steps=3)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior() -> LoadedPrior:
+    """A random network (non-zero head) behind the real loader's interface, T = 100."""
+    torch.manual_seed(0)
+    config = UNetConfig(channels=(8, 16), norm_groups=4, time_embedding_dim=16)
+    model = UNet(config)
+    torch.nn.init.normal_(model.head.weight, std=0.05)
+    model = to_device(model, "cpu").eval()
+    return LoadedPrior(
+        model=model,
+        config=config,
+        schedule=DiffusionSchedule.cosine(100),
+        sha256="0" * 64,
+        name="tiny-random",
+        path=Path("tiny.pt"),
+        step=0,
+    )
+
+
+def phantom(size: int = SIZE) -> np.ndarray:
+    """Complex ellipse with a bright spot and a smooth phase, in arbitrary (large) units."""
+    rows, cols = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    image = 300.0 * ((rows / 0.8) ** 2 + (cols / 0.6) ** 2 <= 1)
+    image += 200.0 * ((rows - 0.2) ** 2 + (cols + 0.1) ** 2 <= 0.04)
+    return (image * np.exp(1j * 0.7 * rows)).astype(np.complex64)
+
+
+def column_mask(size: int = SIZE, every: int = 3, centre: int = 6) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[:, ::every] = True
+    mask[:, size // 2 - centre // 2 : size // 2 + centre // 2] = True
+    return mask
+
+
+def test_single_coil_result_matches_measurements_on_sampled_locations(
+    tiny_prior: LoadedPrior,
+) -> None:
+    mask = column_mask()
+    kspace = physics.fft2c(phantom()) * mask
+    result = reconstruct(tiny_prior, kspace, mask, config=FAST, seed=1)
+    predicted = physics.fft2c(result.image.astype(np.complex128))
+    error = np.abs(predicted[mask] - kspace[mask]).max()
+    assert error <= 1e-5 * np.abs(kspace).max()
+    assert result.dc_residual < 1e-5
+    assert result.image.shape == (SIZE, SIZE) and result.image.dtype == np.complex64
+    np.testing.assert_allclose(result.magnitude, np.abs(result.image))
+
+
+def test_multi_coil_residual_is_below_that_of_the_zero_filled_start(
+    tiny_prior: LoadedPrior,
+) -> None:
+    maps = birdcage_maps(4, (SIZE, SIZE))
+    mask = column_mask()
+    kspace = physics.sense_forward(phantom(), maps, np.ones((SIZE, SIZE), bool)) * mask
+    zero_filled = physics.sense_adjoint(kspace, maps, mask)
+    start = physics.data_consistency_residual(zero_filled, kspace, mask, maps=maps)
+    result = reconstruct(tiny_prior, kspace, mask, maps=maps, config=FAST, seed=0)
+    assert result.dc_residual < start
+    assert result.dc_residual == pytest.approx(
+        physics.data_consistency_residual(result.image, kspace, mask, maps=maps)
+    )
+
+
+def test_variance_is_non_negative_and_zero_when_fully_sampled(tiny_prior: LoadedPrior) -> None:
+    image = phantom()
+    undersampled = reconstruct(
+        tiny_prior, physics.fft2c(image) * column_mask(), column_mask(), config=FAST
+    )
+    assert undersampled.variance is not None
+    assert (undersampled.variance >= 0).all() and undersampled.variance.max() > 0
+    full = np.ones((SIZE, SIZE), dtype=bool)
+    fully = reconstruct(tiny_prior, physics.fft2c(image), full, config=FAST)
+    assert fully.variance is not None
+    assert fully.variance.max() <= 1e-8 * np.abs(image).max() ** 2
+    np.testing.assert_allclose(fully.image, image, atol=1e-4 * np.abs(image).max())
+
+
+def test_same_seed_same_result_and_other_seed_differs(tiny_prior: LoadedPrior) -> None:
+    mask = column_mask()
+    kspace = physics.fft2c(phantom()) * mask
+    first = reconstruct(tiny_prior, kspace, mask, config=FAST, seed=5)
+    again = reconstruct(tiny_prior, kspace, mask, config=FAST, seed=5)
+    other = reconstruct(tiny_prior, kspace, mask, config=FAST, seed=6)
+    np.testing.assert_array_equal(first.image, again.image)
+    assert first.variance is not None and again.variance is not None
+    np.testing.assert_array_equal(first.variance, again.variance)
+    assert not np.allclose(first.image, other.image)
+
+
+def test_outputs_are_in_the_units_of_the_input(tiny_prior: LoadedPrior) -> None:
+    mask = column_mask()
+    kspace = physics.fft2c(phantom()) * mask
+    base = reconstruct(tiny_prior, kspace, mask, config=FAST, seed=2)
+    scaled = reconstruct(tiny_prior, kspace * 1000, mask, config=FAST, seed=2)
+    assert scaled.scale == pytest.approx(base.scale * 1000, rel=1e-5)
+    np.testing.assert_allclose(scaled.image, base.image * 1000, rtol=1e-3, atol=1e-3 * base.scale)
+    assert base.variance is not None and scaled.variance is not None
+    np.testing.assert_allclose(
+        scaled.variance, base.variance * 1e6, rtol=1e-2, atol=1e-3 * base.scale**2 * 1e6
+    )
+
+
+def test_progress_comes_per_step_then_the_result(tiny_prior: LoadedPrior) -> None:
+    mask = column_mask()
+    items = list(iter_reconstruct(tiny_prior, physics.fft2c(phantom()) * mask, mask, config=FAST))
+    assert isinstance(items[-1], Reconstruction)
+    progress = [item for item in items[:-1] if isinstance(item, Progress)]
+    assert len(progress) == len(items) - 1
+    assert [p for p in progress if p.stage == "coarse"] == [
+        Progress("coarse", i, 6) for i in range(1, 7)
+    ]
+    assert [p for p in progress if p.stage == "refine"] == [
+        Progress("refine", i, 3) for i in range(1, 4)
+    ]
+
+
+def test_samples_are_kept_on_request_and_average_to_the_unrefined_image(
+    tiny_prior: LoadedPrior,
+) -> None:
+    mask = column_mask()
+    config = SamplerConfig(samples=4, steps=5, refine_steps=0, keep_samples=True)
+    result = reconstruct(tiny_prior, physics.fft2c(phantom()) * mask, mask, config=config)
+    assert result.samples is not None and result.samples.shape == (4, SIZE, SIZE)
+    np.testing.assert_allclose(result.image, result.samples.mean(axis=0), rtol=1e-5, atol=1e-3)
+    assert result.variance is not None
+    np.testing.assert_allclose(
+        result.variance, np.abs(result.samples).var(axis=0, ddof=1), rtol=1e-3, atol=1e-3
+    )
+
+
+def test_single_sample_has_no_variance(tiny_prior: LoadedPrior) -> None:
+    mask = column_mask()
+    config = SamplerConfig(samples=1, steps=3, refine_steps=1)
+    result = reconstruct(tiny_prior, physics.fft2c(phantom()) * mask, mask, config=config)
+    assert result.variance is None
+
+
+def test_warm_start_runs_only_the_steps_below_t0(tiny_prior: LoadedPrior) -> None:
+    mask = column_mask()
+    kspace = physics.fft2c(phantom()) * mask
+    config = SamplerConfig(samples=2, steps=10, refine_steps=2, warm_start=40)
+    result = reconstruct(tiny_prior, kspace, mask, config=config, initial=physics.ifft2c(kspace))
+    assert result.timesteps[-1] == 40 and all(t <= 40 for t in result.timesteps)
+    assert len(result.timesteps) < 10
+    assert result.dc_residual < 1e-5
+    with pytest.raises(InputError, match="initial estimate"):
+        reconstruct(tiny_prior, kspace, mask, config=config, initial=np.zeros((8, 8), complex))
+
+
+def test_full_schedule_walks_every_timestep(tiny_prior: LoadedPrior) -> None:
+    config = SamplerConfig(samples=2, steps=10, refine_steps=0, full_schedule=True)
+    assert coarse_timesteps(config, 100) == list(range(100))
+    mask = column_mask()
+    result = reconstruct(tiny_prior, physics.fft2c(phantom()) * mask, mask, config=config)
+    assert result.timesteps == list(range(100))
+
+
+def test_sizes_not_divisible_by_eight_are_padded_inside(tiny_prior: LoadedPrior) -> None:
+    rows, cols = np.mgrid[-1:1:30j, -1:1:36j]
+    image = ((rows**2 + cols**2) < 0.5).astype(np.complex64)
+    mask = np.zeros((30, 36), dtype=bool)
+    mask[:, ::2] = True
+    mask[:, 15:21] = True
+    result = reconstruct(tiny_prior, physics.fft2c(image) * mask, mask, config=FAST)
+    assert result.image.shape == (30, 36) and result.dc_residual < 1e-5
+
+
+def test_mask_may_be_a_column_vector_and_kspace_a_single_coil_stack(
+    tiny_prior: LoadedPrior,
+) -> None:
+    columns = column_mask()[0]
+    kspace = (physics.fft2c(phantom()) * columns)[None]
+    result = reconstruct(tiny_prior, kspace, columns, config=FAST)
+    assert result.image.shape == (SIZE, SIZE)
+
+
+def test_bad_inputs_are_input_errors(tiny_prior: LoadedPrior) -> None:
+    mask = column_mask()
+    kspace = physics.fft2c(phantom())
+    with pytest.raises(InputError, match="complex"):
+        reconstruct(tiny_prior, np.abs(kspace), mask, config=FAST)
+    with pytest.raises(InputError, match="mask shape"):
+        reconstruct(tiny_prior, kspace, np.ones((5, 5), bool), config=FAST)
+    with pytest.raises(InputError, match="zero"):
+        reconstruct(tiny_prior, np.zeros_like(kspace), mask, config=FAST)
+    with pytest.raises(InputError, match="no k-space location"):
+        reconstruct(tiny_prior, kspace, np.zeros_like(mask), config=FAST)
+    with pytest.raises(InputError, match="samples"):
+        reconstruct(tiny_prior, kspace, mask, config=SamplerConfig(samples=0))
+    with pytest.raises(InputError, match="single-coil"):
+        reconstruct(tiny_prior, kspace, mask, maps=np.ones((2, SIZE, SIZE), complex))
+    bad = kspace.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        reconstruct(tiny_prior, bad, mask, config=FAST)
+
+
+def test_warnings_name_inputs_far_from_training() -> None:
+    typical = np.zeros((128, 128), dtype=bool)
+    typical[:, ::4] = True
+    typical[:, 58:70] = True
+    assert input_warnings(typical, (1.0, 1.0)) == []
+    assert any("pixel size" in w for w in input_warnings(typical, (4.0, 4.0)))
+    assert any("matrix" in w for w in input_warnings(column_mask(), None))
+    partial = typical.copy()
+    partial[:, 100:] = False
+    assert any("partial Fourier" in w for w in input_warnings(partial, None))
+    sparse_centre = np.zeros((128, 128), dtype=bool)
+    sparse_centre[:, ::8] = True
+    assert any("centre" in w for w in input_warnings(sparse_centre, None))
+
+
+def test_unconditional_samples_depend_only_on_their_seed(tiny_prior: LoadedPrior) -> None:
+    together = sample_unconditional(tiny_prior, [1, 2, 3], steps=4, shape=(16, 16))
+    alone = sample_unconditional(tiny_prior, [3], steps=4, shape=(16, 16))
+    assert together.shape == (3, 16, 16) and np.iscomplexobj(together)
+    np.testing.assert_allclose(alone[0], together[2], rtol=1e-3, atol=1e-3)
+    assert not np.allclose(together[0], together[1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="needs the shipped prior weights")
+def test_region_without_kspace_support_is_more_uncertain() -> None:
+    """Remove a high-frequency detail's k-space: the trained prior must be less sure there."""
+    torch.set_num_threads(2)
+    prior = load_prior()
+    size = 128
+    rows, cols = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    head = ((rows / 0.85) ** 2 + (cols / 0.7) ** 2 <= 1).astype(np.float64)
+    stripes = (np.abs(rows - 0.3) < 0.15) & (np.abs(cols) < 0.3)
+    image = head * (0.6 + 0.4 * stripes * (np.sin(cols * size * np.pi / 3) > 0))
+    mask = np.zeros((size, size), dtype=bool)
+    mask[:, size // 2 - 10 : size // 2 + 10] = True  # high column frequencies not measured
+    mask[:, ::6] = True
+    mask[:, size // 2 + 38 : size // 2 + 46] = False
+    mask[:, size // 2 - 46 : size // 2 - 38] = False
+    kspace = physics.fft2c(image.astype(np.complex64)) * mask
+    result = reconstruct(prior, kspace, mask, config=SamplerConfig(samples=8), seed=0)
+    assert result.variance is not None
+    inside_detail = result.variance[stripes].mean()
+    rest_of_head = result.variance[(head > 0) & ~stripes].mean()
+    assert inside_detail > rest_of_head
+
+
+def test_inference_mode_does_not_leak_to_the_caller_between_steps(
+    tiny_prior: LoadedPrior,
+) -> None:
+    mask = column_mask()
+    for _ in iter_reconstruct(tiny_prior, physics.fft2c(phantom()) * mask, mask, config=FAST):
+        assert not torch.is_inference_mode_enabled()
+
+
+def test_an_initial_estimate_alone_starts_warm_at_the_default_t0(tiny_prior: LoadedPrior) -> None:
+    mask = column_mask()
+    kspace = physics.fft2c(phantom()) * mask
+    config = SamplerConfig(samples=2, steps=10, refine_steps=0)
+    result = reconstruct(tiny_prior, kspace, mask, config=config, initial=physics.ifft2c(kspace))
+    assert result.timesteps[-1] == 99  # min(400, T - 1) for this T = 100 prior
+    cold = reconstruct(tiny_prior, kspace, mask, config=config)
+    assert not np.allclose(result.image, cold.image)

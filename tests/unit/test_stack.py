@@ -1,0 +1,160 @@
+"""Process supervision behind `mrdiff up` / `down` / `status`, with small real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.settings import load_settings
+from services.stack.components import COMPONENTS, StackPlan
+from services.stack.process import (
+    ProcessSpec,
+    RunningProcess,
+    http_ok,
+    is_alive,
+    start_process,
+    stop_process,
+    tcp_open,
+)
+from services.stack.supervisor import Stack, StackError
+
+STUBBORN = """
+import signal, time
+seen = []
+signal.signal(signal.SIGTERM, lambda *_: seen.append(1))  # like `prefect worker`: ignore once
+print("ready", flush=True)
+while len(seen) < 2:
+    time.sleep(0.05)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def web_server(name: str, port: int) -> ProcessSpec:
+    return ProcessSpec(
+        name=name,
+        argv=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        ready=http_ok(f"http://127.0.0.1:{port}/"),
+        urls={name: f"http://127.0.0.1:{port}/"},
+        ports=(port,),
+        ready_timeout=20.0,
+        stop_timeout=5.0,
+    )
+
+
+def plan(tmp_path: Path) -> StackPlan:
+    return StackPlan.from_settings(load_settings(data_dir=tmp_path))
+
+
+def test_stop_sends_a_second_sigterm_to_a_process_that_ignores_the_first(tmp_path: Path) -> None:
+    spec = ProcessSpec("stubborn", [sys.executable, "-c", STUBBORN], ready=lambda: True)
+    running, popen = start_process(spec, tmp_path)
+    deadline = time.monotonic() + 10
+    while "ready" not in Path(running.log).read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.getpgid(running.pid) == running.pid  # its own process group and session
+    stop_process(running, timeout=1.0)
+    assert popen.wait(5) == 0  # it exited by itself after the second SIGTERM
+    assert not is_alive(running)
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_recorded_process(tmp_path: Path) -> None:
+    spec = ProcessSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(30)"],
+                       ready=lambda: True)
+    running, popen = start_process(spec, tmp_path)
+    try:
+        assert is_alive(running)
+        other = RunningProcess(running.name, running.pid, (running.start_ticks or 0) + 1,
+                               running.argv, running.log, {})
+        assert not is_alive(other)
+    finally:
+        popen.send_signal(signal.SIGKILL)
+        popen.wait(5)
+
+
+def test_up_status_down(tmp_path: Path) -> None:
+    ports = [free_port(), free_port()]
+    stack = Stack(plan(tmp_path), [lambda p, port=port, i=i: web_server(f"web{i}", port)
+                                   for i, port in enumerate(ports)])
+    started = stack.up(echo=lambda line: None)
+    try:
+        assert [p.name for p in started] == ["web0", "web1"]
+        assert stack.is_up()
+        assert [(row.name, row.running, row.ready) for row in stack.status()] == [
+            ("web0", True, True), ("web1", True, True)]
+        again = stack.up(echo=lambda line: None)
+        assert [p.pid for p in again] == [p.pid for p in started]  # nothing started twice
+    finally:
+        stopped = stack.down(echo=lambda line: None)
+    assert stopped == ["web1", "web0"]  # reverse order
+    assert not any(tcp_open("127.0.0.1", port)() for port in ports)
+    assert not stack.state_path.exists()
+    assert not stack.is_up()
+
+
+def test_a_failing_process_rolls_back_what_this_up_started(tmp_path: Path) -> None:
+    port = free_port()
+    broken = ProcessSpec("broken", [sys.executable, "-c", "raise SystemExit('no config')"],
+                         ready=lambda: False, ready_timeout=20.0)
+    stack = Stack(plan(tmp_path), [lambda p: web_server("web", port), lambda p: broken])
+    with pytest.raises(StackError, match="broken exited with code 1"):
+        stack.up(echo=lambda line: None)
+    assert not tcp_open("127.0.0.1", port)()
+    assert stack.recorded() == []
+
+
+def test_a_taken_port_stops_up_before_starting(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = int(squatter.getsockname()[1])
+        stack = Stack(plan(tmp_path), [lambda p: web_server("web", port)])
+        with pytest.raises(StackError, match=f"port {port} .* is taken"):
+            stack.up(echo=lambda line: None)
+
+
+def test_watch_reports_a_process_that_died(tmp_path: Path) -> None:
+    port = free_port()
+    stack = Stack(plan(tmp_path), [lambda p: web_server("web", port)])
+    (running,) = stack.up(echo=lambda line: None)
+    try:
+        os.kill(running.pid, signal.SIGKILL)
+        reason = stack.watch(poll_seconds=0.1)
+        assert reason is not None and reason.startswith("web (pid")
+    finally:
+        stack.down(echo=lambda line: None)
+
+
+def test_default_components_stay_on_loopback(tmp_path: Path) -> None:
+    stack_plan = plan(tmp_path)
+    specs = [spec for spec in (component(stack_plan) for component in COMPONENTS) if spec]
+    names = [spec.name for spec in specs]
+    assert names[:4] == ["s3", "prefect", "ray", "pipelines"]
+    for spec in specs:
+        argv = " ".join(spec.argv)
+        assert "0.0.0.0" not in argv
+        assert all("127.0.0.1" in url for url in spec.urls.values() if "://" in url)
+    environment = stack_plan.environment()
+    assert environment["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert environment["PREFECT_HOME"].startswith(str(tmp_path))
+    assert (stack_plan.ray_token_path.stat().st_mode & 0o777) == 0o600
+
+
+def test_external_services_are_not_started(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, s3_endpoint="minio.example.org:9000",
+                             prefect_api_url="http://prefect.example.org:4200/api",
+                             ray_address="ray.example.org:6379")
+    stack_plan = StackPlan.from_settings(settings)
+    names = [spec.name for spec in (c(stack_plan) for c in COMPONENTS) if spec]
+    assert "s3" not in names and "prefect" not in names and "ray" not in names
+    assert "pipelines" in names
