@@ -26,6 +26,7 @@ from services.recon.masks import make_mask
 SNR = 40.0
 CENTER_FRACTION = 0.08
 CS_METHODS = ("cs-l1", "cs-tv")
+CS_ITERATIONS = 200
 LAMBDA_FILE = Path(__file__).resolve().parents[1] / "recon" / "weights" / "cs_lambdas.json"
 
 
@@ -97,6 +98,12 @@ class MethodScores:
         return row
 
 
+def spread(slices: Sequence[EvalSlice], count: int) -> list[EvalSlice]:
+    """``count`` slices taken evenly across the split, so every source volume is represented."""
+    stride = max(1, len(slices) // max(count, 1))
+    return list(slices[::stride][:count])
+
+
 def simulate(slices: Sequence[EvalSlice], setting: Setting, seed: int = 0) -> list[Acquisition]:
     """Simulated single-coil acquisitions, one mask and noise draw per slice (seeded)."""
     acquisitions = []
@@ -133,14 +140,14 @@ def tune_cs_lambdas(
     on_slice: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Pick each CS method's lambda per setting by mean PSNR on the validation split."""
-    validation = load_split("validation")[:max_slices]
+    validation = spread(load_split("validation"), max_slices)
     chosen: dict[str, dict[str, float]] = {}
     for setting in settings:
         acquisitions = simulate(validation, setting, seed=10_000)
         for method in CS_METHODS:
             psnr_by_lambda = {
                 lam: float(np.mean(run_method(
-                    engine, acquisitions, ReconOptions(method=method, lam=lam), on_slice
+                    engine, acquisitions, ReconOptions(method=method, lam=lam, cs_iterations=CS_ITERATIONS), on_slice
                 ).psnr))
                 for lam in LAMBDA_GRID
             }
@@ -161,6 +168,7 @@ def save_lambdas(lambdas: dict[str, dict[str, float]], path: Path = LAMBDA_FILE)
         "chosen_on": "validation split (services/recon/data/splits.py), mean PSNR",
         "grid": list(LAMBDA_GRID),
         "snr": SNR,
+        "cs_iterations": CS_ITERATIONS,
         "lambdas": lambdas,
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -198,7 +206,8 @@ def method_options(name: str, setting: Setting, lambdas: dict[str, dict[str, flo
     if name in DIFFUSION_VARIANTS:
         return DIFFUSION_VARIANTS[name]
     if name in CS_METHODS:
-        return ReconOptions(method=name, lam=lambdas.get(name, {}).get(setting.key))
+        lam = lambdas.get(name, {}).get(setting.key)
+        return ReconOptions(method=name, lam=lam, cs_iterations=CS_ITERATIONS)
     return ReconOptions(method=name)
 
 

@@ -20,6 +20,7 @@ from services.recon.engine import (
 from services.recon.errors import InputError
 from services.recon.io import ImageVolume, KspaceVolume, read_input, write_kspace_h5
 from services.recon.io import write_reconstruction_h5
+from services.recon.io.atomic import refuse_existing
 from services.recon.masks import MASK_KINDS
 
 log = logging.getLogger("mrdiff")
@@ -42,12 +43,6 @@ def progress_bar() -> Progress:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-
-
-def refuse_existing(path: Path, overwrite: bool) -> None:
-    """Fail before any work if ``path`` exists and may not be replaced."""
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} already exists; pass --overwrite to replace it")
 
 
 def measured_kspace(

@@ -44,6 +44,8 @@ from services.recon.unet import UNet, UNetConfig, to_device
 CHECKPOINT_DIR = "checkpoints"
 LOSS_LOG = "loss.csv"
 THREADS_ENV = "MRDIFF_TORCH_THREADS"
+DEFAULT_UNET = UNetConfig()
+"""Architecture of a new run when none is given (a resumed run keeps its own)."""
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,7 @@ def iter_train(
         if unet_config is not None and unet_config != saved_config:
             raise InputError(f"unet_config differs from the checkpoint in {run_path}")
         unet_config = saved_config
-    state = _RunState(unet_config or UNetConfig(), settings, target)
+    state = _RunState(unet_config or DEFAULT_UNET, settings, target)
     if payload is not None:
         state.load(payload, settings.lr)
     if len(dataset) == 0:  # type: ignore[arg-type]

@@ -218,6 +218,7 @@ def test_cli_trains_exports_and_samples(tmp_path: Path, monkeypatch: pytest.Monk
     from services.recon import training
 
     monkeypatch.setattr(training, "open_bank", lambda _: RandomSlices())
+    monkeypatch.setattr(training, "DEFAULT_UNET", TINY)
     bank, run = tmp_path / "bank", tmp_path / "run"
     bank.mkdir()
     runner = CliRunner()

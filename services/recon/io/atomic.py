@@ -23,6 +23,13 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
         raise InputError(f"{path}: output path is a directory")
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it), so outputs get normal modes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success move it into place, on failure delete it.
@@ -42,6 +49,7 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
     try:
         yield temp
         refuse_existing(target, overwrite)
+        os.chmod(temp, 0o666 & ~current_umask())
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
