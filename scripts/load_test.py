@@ -100,7 +100,7 @@ async def run_load(base_url: str, api_key: str, submissions: int, reads: int,
     salt = secrets.token_hex(4)
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits,
-                                 timeout=60) as client:
+                                 timeout=120) as client:
 
         async def one_submission(index: int) -> str | None:
             async with gate:
@@ -162,7 +162,7 @@ def self_contained_stack(workdir: Path) -> Iterator[tuple[str, str]]:
         s3_endpoint=f"127.0.0.1:{free_port()}", s3_access_key=f"load-{secrets.token_hex(4)}",
         s3_secret_key=secrets.token_urlsafe(24), api_port=free_port(),
     )
-    with start_local_s3(settings), prefect_test_harness(server_startup_timeout=90):
+    with start_local_s3(settings), prefect_test_harness(server_startup_timeout=240):
         prefect_url = str(PREFECT_API_URL.value())
         settings = settings.model_copy(update={"prefect_api_url": prefect_url})
         Storage.from_settings(settings).ensure_buckets()
