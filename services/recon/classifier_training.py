@@ -65,52 +65,83 @@ from services.recon.training import (
 )
 
 DEFAULT_CONFIG = ClassifierConfig(channels=(16, 32, 64, 128))
-HEALTHY_ONLY = -1
-"""Lesion seed meaning "leave the slice healthy"."""
+DEFAULT_CROP = 64
+"""Training window (pixels): a crop around the lesion keeps steps cheap on a shared CPU."""
 ACCURACY_TIMESTEPS = (0, 50, 100, 200, 300, 400, 500, 600, 800, 999)
 
 
-class LabelledSlice(NamedTuple):
-    """A classifier input ``(2, H, W)`` (zero phase, p99 = 1) and its label (1 = lesion)."""
+class LabelledPair(NamedTuple):
+    """A slice healthy and with a lesion: ``images`` ``(2, 2, h, w)``, ``labels`` ``(2,)``.
 
-    image: Tensor
-    label: int
-
-
-class LesionPairs(Dataset[LabelledSlice]):
-    """Healthy slices of a bank, with or without a painted lesion, as classifier inputs.
-
-    Indexed by ``(slice_index, lesion_seed)``; ``lesion_seed`` :data:`HEALTHY_ONLY` keeps the
-    slice healthy. A slice with too little brain for a lesion stays healthy and says so in its
-    label, so labels are always true.
+    Images are classifier inputs (zero phase, the full slice's 99th percentile = 1); label 1
+    marks the lesion image.
     """
 
-    def __init__(self, healthy: Dataset[Tensor], family: LesionFamily = TRAINING_FAMILY) -> None:
+    images: Tensor
+    labels: Tensor
+
+
+def crop_window(
+    shape: tuple[int, int], size: int | None, center: tuple[float, float], rng: np.random.Generator
+) -> tuple[slice, slice]:
+    """A ``size`` x ``size`` window that holds ``center`` (jittered by up to a quarter size)."""
+    if size is None or (size >= shape[0] and size >= shape[1]):
+        return slice(None), slice(None)
+    starts = []
+    for axis, middle in enumerate(center):
+        extent = min(size, shape[axis])
+        jitter = rng.uniform(-0.25, 0.25) * extent
+        start = round(middle - extent / 2 + jitter)
+        starts.append(min(max(start, 0), shape[axis] - extent))
+    rows = slice(starts[0], starts[0] + min(size, shape[0]))
+    cols = slice(starts[1], starts[1] + min(size, shape[1]))
+    return rows, cols
+
+
+class LesionPairs(Dataset[LabelledPair]):
+    """Bank slices, each healthy and with a painted lesion, as classifier inputs.
+
+    Indexed by ``(slice_index, lesion_seed)``. Both images are cut to the same ``crop`` window
+    around the lesion (``None``: whole slice), after scaling by the whole slice's 99th
+    percentile. A slice with too little brain for a lesion gives two healthy images labelled 0,
+    so labels are always true.
+    """
+
+    def __init__(
+        self,
+        healthy: Dataset[Tensor],
+        family: LesionFamily = TRAINING_FAMILY,
+        crop: int | None = DEFAULT_CROP,
+    ) -> None:
         self.healthy = healthy
         self.family = family
+        self.crop = crop
 
     def __len__(self) -> int:
         return len(self.healthy)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]) -> LabelledSlice:
+    def __getitem__(self, key: tuple[int, int]) -> LabelledPair:
         index, lesion_seed = key
         complex_slice = self.healthy[index]
         magnitude = torch.linalg.vector_norm(complex_slice.float(), dim=0).numpy()
-        label = 0
-        if lesion_seed != HEALTHY_ONLY:
-            try:
-                magnitude = insert_lesion(magnitude, lesion_seed, self.family).image
-                label = 1
-            except InputError:
-                label = 0
-        x0, _ = prior_input_from_magnitude(torch.from_numpy(np.ascontiguousarray(magnitude))[None])
-        return LabelledSlice(x0[0], label)
+        shape = (int(magnitude.shape[0]), int(magnitude.shape[1]))
+        rng = np.random.default_rng([lesion_seed, 7])
+        try:
+            lesioned = insert_lesion(magnitude, lesion_seed, self.family)
+            changed, label, center = lesioned.image, 1, lesioned.params.center
+        except InputError:
+            changed, label = magnitude, 0
+            center = (rng.uniform(0, shape[0]), rng.uniform(0, shape[1]))
+        pair = torch.from_numpy(np.stack([magnitude, changed]).astype(np.float32))
+        x0, _ = prior_input_from_magnitude(pair)
+        rows, cols = crop_window(shape, self.crop, center, rng)
+        return LabelledPair(x0[:, :, rows, cols].contiguous(), torch.tensor([0, label]))
 
 
 class PairedStepSampler(Sampler[list[tuple[int, int]]]):
-    """Keys for steps ``first_step .. last_step - 1``: ``batch // 2`` slices, each twice.
+    """Keys for steps ``first_step .. last_step - 1``: ``batch // 2`` (slice, lesion seed) pairs.
 
-    Each chosen slice appears healthy and with a lesion whose seed comes from ``(seed, step)``.
+    Everything is drawn from ``(seed, step)``, so a resumed run sees the same pairs.
     """
 
     def __init__(self, size: int, batch: int, seed: int, first_step: int, last_step: int) -> None:
@@ -127,10 +158,7 @@ class PairedStepSampler(Sampler[list[tuple[int, int]]]):
             generator = _step_generator(self.seed, step)
             indices = torch.randint(self.size, (self.batch // 2,), generator=generator).tolist()
             seeds = torch.randint(2**31 - 1, (self.batch // 2,), generator=generator).tolist()
-            keys: list[tuple[int, int]] = []
-            for index, lesion_seed in zip(indices, seeds, strict=True):
-                keys += [(index, HEALTHY_ONLY), (index, lesion_seed)]
-            yield keys
+            yield list(zip(indices, seeds, strict=True))
 
 
 def classifier_loss(
@@ -173,10 +201,15 @@ class _ClassifierRun:
     """Model, EMA, optimiser and step of a classifier run, with checkpoint save/load."""
 
     def __init__(
-        self, config: ClassifierConfig, settings: TrainSettings, device: torch.device
+        self,
+        config: ClassifierConfig,
+        settings: TrainSettings,
+        device: torch.device,
+        crop: int | None,
     ) -> None:
         torch.manual_seed(settings.seed)
         self.config = config
+        self.crop = crop
         self.model = classifier_to_device(NoiseAwareClassifier(config), device)
         self.ema_model = classifier_to_device(NoiseAwareClassifier(config), device)
         self.ema_model.load_state_dict(self.model.state_dict())
@@ -199,6 +232,7 @@ class _ClassifierRun:
                 "optimizer": self.optimizer.state_dict(),
                 "rng": rng,
                 "classifier_config": self.config.to_dict(),
+                "crop": self.crop if self.crop is not None else 0,
                 "settings": asdict(settings),
                 "schedule": schedule.to_dict(),
             },
@@ -236,12 +270,14 @@ def iter_train_classifier(
     resume: bool = True,
     threads: int | None = None,
     device: str | torch.device | None = None,
+    crop: int | None = DEFAULT_CROP,
 ) -> Iterator[StepLog]:
     """Train until ``settings.steps`` total steps, yielding a :class:`StepLog` per step.
 
-    ``healthy`` yields float32 ``(2, H, W)`` lesion-free slices (a slice bank). With ``resume``
-    the latest checkpoint in ``run_dir`` continues (its architecture wins; a conflicting
-    ``config`` is an error); without it a run folder holding checkpoints is refused.
+    ``healthy`` yields float32 ``(2, H, W)`` lesion-free slices (a slice bank); ``crop`` is the
+    training window (``None``: whole slices). With ``resume`` the latest checkpoint in
+    ``run_dir`` continues (its architecture wins; a conflicting ``config`` or ``crop`` is an
+    error); without it a run folder holding checkpoints is refused.
     """
     settings.validate()
     run_path = Path(run_dir)
@@ -257,11 +293,13 @@ def iter_train_classifier(
         saved = ClassifierConfig.from_dict(payload["classifier_config"])
         if config is not None and config != saved:
             raise InputError(f"classifier config differs from the checkpoint in {run_path}")
+        if int(payload.get("crop", 0)) != (crop or 0):
+            raise InputError(f"crop {crop} differs from the checkpoint in {run_path}")
         config = saved
-    state = _ClassifierRun(config or DEFAULT_CONFIG, settings, target)
+    state = _ClassifierRun(config or DEFAULT_CONFIG, settings, target, crop)
     if payload is not None:
         state.load(payload, settings.lr)
-    pairs = LesionPairs(healthy)
+    pairs = LesionPairs(healthy, crop=crop)
     if len(pairs) == 0:
         raise InputError("training set is empty")
     run_path.mkdir(parents=True, exist_ok=True)
@@ -284,7 +322,9 @@ def iter_train_classifier(
             log.writerow(["step", "loss", "seconds", "accuracy"])
         state.model.train()
         started = time.perf_counter()
-        for images, labels in loader:
+        for pairs_batch, pair_labels in loader:
+            images = pairs_batch.flatten(0, 1)
+            labels = pair_labels.flatten()
             generator = _step_generator(settings.seed + 1, state.step)
             t, noise = paired_noise(
                 len(labels), images.shape[1:], schedule.num_timesteps, generator
@@ -331,13 +371,15 @@ def train_classifier(
     bf16: bool = True,
     device: str | torch.device | None = None,
     config: ClassifierConfig | None = None,
+    crop: int | None = DEFAULT_CROP,
     on_step: Callable[[StepLog], None] | None = None,
 ) -> TrainResult:
     """Train (or continue) the classifier in ``run_dir`` up to ``steps`` total steps.
 
     ``bank`` is a slice-bank folder (:class:`services.recon.data.bank.SliceBank`) or any Dataset
-    of float32 ``(2, H, W)`` healthy slices. Defaults to one torch thread: the prior trains on
-    the same cores.
+    of float32 ``(2, H, W)`` healthy slices; ``crop`` is the training window around each lesion
+    (``None``: whole slices; the network is fully convolutional and maps whole slices later).
+    Defaults to one torch thread: the prior trains on the same cores.
     """
     dataset = bank if isinstance(bank, Dataset) else open_bank(bank)
     settings = TrainSettings(
@@ -353,7 +395,10 @@ def train_classifier(
     )
     last: StepLog | None = None
     durations: list[float] = []
-    for entry in iter_train_classifier(dataset, run_dir, settings, config, resume, threads, device):
+    entries = iter_train_classifier(
+        dataset, run_dir, settings, config, resume, threads, device, crop
+    )
+    for entry in entries:
         last = entry
         durations.append(entry.seconds)
         if on_step is not None:

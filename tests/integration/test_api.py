@@ -398,6 +398,38 @@ def test_health_metrics_and_models(light_stack: ApiStack, api_tenant: str) -> No
         assert 'mrdiff_jobs{state="queued"}' in metrics.text
 
 
+HOOK_TOKEN = "hook-token-0123456789abcdef"
+
+
+@pytest.fixture
+def hook_stack(s3_server: Any, storage: Storage) -> Iterator[ApiStack]:
+    """The API over the S3 server with the MinIO webhook enabled."""
+    settings: Settings = s3_server.settings
+    config = dataclasses.replace(ApiConfig.from_settings(settings), minio_webhook_token=HOOK_TOKEN)
+    yield from make_stack(settings, storage, config)
+
+
+def test_minio_webhook_needs_its_own_token(
+    light_stack: ApiStack, hook_stack: ApiStack, api_tenant: str
+) -> None:
+    with light_stack.client() as client:
+        disabled = client.post("/v1/hooks/minio", json={"Records": []})
+        assert disabled.status_code == 404 and "disabled" in disabled.json()["detail"]
+    api_key = hook_stack.key_for(api_tenant)
+    with hook_stack.client(api_key) as with_api_key:
+        refused = with_api_key.post("/v1/hooks/minio", json={"Records": []})
+        assert refused.status_code == 401 and "webhook token" in refused.json()["detail"]
+    with hook_stack.client(HOOK_TOKEN) as minio:
+        test_event = minio.post("/v1/hooks/minio", json={"EventName": "s3:TestEvent"})
+        assert test_event.status_code == 200 and test_event.json() == {"jobs": []}
+        other_bucket = minio.post("/v1/hooks/minio", json={"Records": [{
+            "eventName": "s3:ObjectCreated:Put",
+            "s3": {"bucket": {"name": "someone-elses"}, "object": {"key": "a%2Fb.h5"}}}]})
+        assert other_bucket.status_code == 200 and other_bucket.json() == {"jobs": []}
+        malformed = minio.post("/v1/hooks/minio", json={"Records": "not a list"})
+        assert malformed.status_code == 422 and malformed.json()["detail"]
+
+
 @slow
 def test_readiness_with_the_whole_stack(api_stack: ApiStack) -> None:
     with api_stack.client() as client:

@@ -17,7 +17,6 @@ from services.recon.classifier import (
     prior_input_from_magnitude,
 )
 from services.recon.classifier_training import (
-    HEALTHY_ONLY,
     LesionPairs,
     PairedStepSampler,
     accuracy_by_noise_level,
@@ -93,31 +92,36 @@ def test_prior_input_is_zero_phase_with_unit_99th_percentile() -> None:
     assert scale.shape == (1,)
 
 
-def test_paired_sampler_pairs_healthy_and_lesion_deterministically() -> None:
+def test_paired_sampler_is_a_function_of_seed_and_step() -> None:
     sampler = PairedStepSampler(size=10, batch=6, seed=3, first_step=5, last_step=7)
     batches = list(sampler)
     assert len(batches) == 2
     for keys in batches:
-        assert len(keys) == 6
-        for healthy, lesion in zip(keys[::2], keys[1::2], strict=True):
-            assert healthy[0] == lesion[0] and healthy[1] == HEALTHY_ONLY and lesion[1] >= 0
+        assert len(keys) == 3
+        assert all(0 <= index < 10 and lesion_seed >= 0 for index, lesion_seed in keys)
     resumed = list(PairedStepSampler(size=10, batch=6, seed=3, first_step=6, last_step=7))
     assert resumed[0] == batches[1]
     with pytest.raises(InputError, match="even"):
         PairedStepSampler(size=10, batch=5, seed=0, first_step=0, last_step=1)
 
 
-def test_lesion_pairs_labels_are_true() -> None:
-    pairs = LesionPairs(PhantomBank())
-    healthy, lesioned = pairs[(0, HEALTHY_ONLY)], pairs[(0, 11)]
-    assert healthy.label == 0 and lesioned.label == 1
-    assert healthy.image.shape == (2, 32, 32)
-    assert not torch.equal(healthy.image, lesioned.image)
+def test_lesion_pairs_are_cropped_together_and_labels_are_true() -> None:
+    bank = PhantomBank(size=64)
+    pair = LesionPairs(bank, crop=32)[(0, 11)]
+    assert pair.images.shape == (2, 2, 32, 32) and pair.labels.tolist() == [0, 1]
+    assert not torch.equal(pair.images[0], pair.images[1])
+    assert torch.all(pair.images[:, 1] == 0), "zero phase"
+    whole = LesionPairs(bank, crop=None)[(0, 11)]
+    assert whole.images.shape == (2, 2, 64, 64)
+    # The crop is a window of the whole pair, and it holds the lesion.
+    changed = (whole.images[1, 0] - whole.images[0, 0]).abs() > 1e-6
+    window_changed = (pair.images[1, 0] - pair.images[0, 0]).abs() > 1e-6
+    assert window_changed.sum() > 0 and window_changed.sum() <= changed.sum()
 
 
 def test_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     bank = PhantomBank()
-    common = dict(batch=4, threads=1, checkpoint_every=2, config=TINY, bf16=False)
+    common = dict(batch=4, threads=1, checkpoint_every=2, config=TINY, bf16=False, crop=24)
     straight = train_classifier(bank, tmp_path / "straight", steps=4, **common)  # type: ignore[arg-type]
     train_classifier(bank, tmp_path / "resumed", steps=2, **common)  # type: ignore[arg-type]
     resumed = train_classifier(bank, tmp_path / "resumed", steps=4, **common)  # type: ignore[arg-type]
@@ -130,6 +134,8 @@ def test_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert log[0] == "step,loss,seconds,accuracy" and len(log) == 5
     with pytest.raises(InputError, match="already holds checkpoints"):
         train_classifier(bank, tmp_path / "straight", steps=6, resume=False, **common)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="crop"):
+        train_classifier(bank, tmp_path / "straight", steps=6, **{**common, "crop": 16})  # type: ignore[arg-type]
 
 
 def test_exported_weights_load_and_match(tmp_path: Path) -> None:

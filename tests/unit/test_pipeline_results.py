@@ -95,8 +95,8 @@ def test_anomaly_maps_of_images_go_to_their_own_file(tmp_path: Path) -> None:
                          pixel_spacing_mm=(1.0, 1.0), slice_thickness_mm=3.0, source="s")
     study = Study(StudyKind.DICOM, None, images, anomaly=True)
     anomaly = [
-        AnomalyResult(np.full((SIZE, SIZE), 0.1 * i, np.float32), np.zeros((SIZE, SIZE), np.float32),
-                      np.eye(SIZE, dtype=bool), 0.5)
+        AnomalyResult(np.full((SIZE, SIZE), 0.1 * i, np.float32),
+                      np.zeros((SIZE, SIZE), np.float32), np.eye(SIZE, dtype=bool), 0.5)
         for i in range(SLICES)
     ]
     options = JobOptions(reconstruct=False, anomaly=True)
