@@ -13,6 +13,9 @@ the ``default`` tenant for bare keys). Inside it:
 A folder is *settled* once nothing in it changed for the quiet period, so a DICOM series
 arriving instance by instance (or a ``job.json`` uploaded just after its data) is complete
 before any job starts.
+
+``<tenant>/uploads/`` belongs to the HTTP API: files there were submitted with their own
+options when they were uploaded, so ingest (and the MinIO webhook) leave them alone.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ OPTIONS_FILE = "job.json"
 HDF5_SUFFIXES = (".h5", ".hdf5", ".mrd")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+API_UPLOADS_FOLDER = "uploads"
+
+
+def is_api_upload(study: str | None) -> bool:
+    """True for the study folder where the HTTP API keeps the uploads it submitted itself."""
+    return study == API_UPLOADS_FOLDER
 
 
 class InputKind(StrEnum):
@@ -94,7 +103,8 @@ def group_inbox(
     """Group raw objects into units; a folder is settled when quiet for ``quiet``."""
     by_folder: dict[str, list[RawObject]] = defaultdict(list)
     for item in objects:
-        by_folder[folder_of(item)].append(item)
+        if not is_api_upload(item.study):
+            by_folder[folder_of(item)].append(item)
     ready: list[StudyUnit] = []
     waiting: list[StudyUnit] = []
     unsupported: list[RawObject] = []

@@ -283,7 +283,8 @@ def _process(
         clock = time.perf_counter()
         final = publish_results(storage, tenant, job_id, attempt, names, _final(timings, started))
         timings["publish_seconds"] = time.perf_counter() - clock
-        report = build_report(outputs)
+        outputs.timings = {**final.timings, "publish_seconds": timings["publish_seconds"]}
+        report = build_report(outputs)  # for the artifacts: timings up to publishing
     _artifacts(storage, settings, tenant, job_id, report, names)
     logger.info(
         "job %s succeeded: %d artefacts, compute %.2f s, overhead %.1f %%",

@@ -1,7 +1,14 @@
 """The API's view of the one :class:`services.settings.Settings` object.
 
-Every API knob lives in ``Settings`` (env prefix ``MRDIFF_``); this module only gives the API
-one typed place to read them, with the documented defaults for fields a deployment may not set.
+Every API knob is a ``Settings`` field (env prefix ``MRDIFF_``); this module only gives the API
+one typed place to read them, with these defaults while a field is not (yet) in ``Settings``:
+
+- ``max_upload_bytes`` (1 GiB): largest multipart upload; larger files use ``/v1/uploads``;
+- ``max_json_bytes`` (1 MiB): largest JSON body;
+- ``cors_origins`` (none): viewer origins allowed to call the API from a browser;
+- ``api_keys_file`` (``<data_dir>/api_keys.json``): the hashed API keys;
+- ``presign_seconds`` (3600): lifetime of presigned upload URLs;
+- ``minio_webhook_token`` (unset: webhook disabled): bearer token MinIO sends to the hook.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ class ApiConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiConfig:
-        """Read the API fields of ``settings`` (defaults documented in services/api/README)."""
+        """Read the API fields of ``settings`` (defaults in the module docstring)."""
         origins = getattr(settings, "cors_origins", ())
         if isinstance(origins, str):
             origins = [origin.strip() for origin in origins.split(",") if origin.strip()]

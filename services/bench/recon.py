@@ -230,8 +230,7 @@ def bench_recon(
         for name in methods:
             subset = acquisitions[:full_schedule_slices] if name == "diffusion-full" else acquisitions
             scores = run_method(engine, subset, method_options(name, setting, lambdas), on_slice)
-            for label, real_only in (("all", False), ("real", True)):
-                values = scores.summary(real_only=real_only)
-                if values:
-                    rows.append(BenchRow(setting.key, name, label, values))
+            rows.append(BenchRow(setting.key, name, "all", scores.summary()))
+            if not all(scores.real_scan):
+                rows.append(BenchRow(setting.key, name, "real", scores.summary(real_only=True)))
     return rows

@@ -96,9 +96,14 @@ class StackPlan:
         return f"{parts.scheme}://{parts.netloc}"
 
     @property
+    def ray_dashboard_port(self) -> int:
+        """``MRDIFF_RAY_DASHBOARD_PORT`` (8265 while Settings does not declare it)."""
+        return int(getattr(self.settings, "ray_dashboard_port", RAY_DASHBOARD_PORT))
+
+    @property
     def ray_dashboard_url(self) -> str:
         host, _ = _host_port(self.ray_address, DEFAULT_RAY_PORT)
-        return f"http://{host}:{RAY_DASHBOARD_PORT}"
+        return f"http://{host}:{self.ray_dashboard_port}"
 
     @property
     def api_url(self) -> str:
@@ -221,14 +226,14 @@ def ray_head(plan: StackPlan) -> ProcessSpec | None:
             "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus),
             "--object-store-memory", str(RAY_OBJECT_STORE_BYTES),
             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-            "--dashboard-port", str(RAY_DASHBOARD_PORT), "--disable-usage-stats",
+            "--dashboard-port", str(plan.ray_dashboard_port), "--disable-usage-stats",
             "--temp-dir", str(plan.ray_temp_dir),
         ],
         ready=all_of(tcp_open("127.0.0.1", port), http_ok(plan.ray_dashboard_url)),
         urls={"Ray dashboard": plan.ray_dashboard_url, "Ray address": plan.ray_address},
         ready_timeout=180.0,
         stop_timeout=45.0,
-        ports=(port, RAY_DASHBOARD_PORT),
+        ports=(port, plan.ray_dashboard_port),
     )
 
 

@@ -42,7 +42,10 @@ def mrdiff(
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_leaves_the_stack_up(tmp_path: Path) -> None:
-    if port_taken(RAY_DASHBOARD_PORT):
+    from services.settings import Settings
+
+    configurable = "ray_dashboard_port" in Settings.model_fields
+    if not configurable and port_taken(RAY_DASHBOARD_PORT):
         pytest.skip(f"port {RAY_DASHBOARD_PORT} (Ray dashboard) is in use by another stack")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MRDIFF_", "PREFECT_"))},
@@ -51,6 +54,7 @@ def test_demo_runs_end_to_end_and_leaves_the_stack_up(tmp_path: Path) -> None:
         "MRDIFF_PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",
         "MRDIFF_RAY_ADDRESS": f"127.0.0.1:{free_port()}",
         "MRDIFF_API_PORT": str(free_port()),
+        "MRDIFF_RAY_DASHBOARD_PORT": str(free_port()),
         "MRDIFF_INGEST_QUIET_SECONDS": "3",
     }
     try:

@@ -39,6 +39,7 @@ def test_units_per_folder_with_options_and_quiet_period() -> None:
         raw("acme/s2/IM1.dcm"), raw("acme/s2/IM2.dcm"), raw("acme/s2/sub/IM3"),
         raw("acme/s3/IM1.dcm", age_seconds=2.0),  # still arriving
         raw("acme/s4/readme.txt"), raw("bare.h5"),
+        raw("acme/uploads/0123456789abcdef0123/scan.h5"),  # the API's own, already submitted
     ]
     inbox = group_inbox(objects, NOW, timedelta(seconds=10))
 
