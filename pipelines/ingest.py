@@ -13,6 +13,11 @@ Runs on a schedule (S3 servers without notifications, like nanio, are polled) an
    the same options and model finds its existing job and is never processed twice;
 5. starts a ``process-job`` run per new job (or runs it here with ``inline=True``), optionally
    waits for them, and publishes a table of what it did.
+
+So that a poll does not re-examine every study ever received, a run that left nothing waiting
+stores its start time in the Prefect variable ``mrdiff-ingest-<tenant>``; the next run looks
+only at folders changed since then (less a safety overlap). ``full=True`` ignores it; losing
+it only costs one full pass, since work is deduplicated by processing key anyway.
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydicom.errors import InvalidDicomError
 
-from pipelines.artifacts import publish_ingest_table
+from pipelines.artifacts import artifact_key, publish_ingest_table
 from pipelines.config import PipelineConfig
-from pipelines.inputs import InputKind, StudyUnit, group_inbox
+from pipelines.inputs import InputKind, StudyUnit, folder_of, group_inbox
 from pipelines.jobs import create_job, read_options_file, start_job_run
 from pipelines.options import JobOptions
 from pipelines.prefect_api import INGEST_FLOW, PipelineUnavailableError
@@ -44,6 +49,7 @@ from services.storage.inbox import RawObject
 from services.storage.storage import Storage
 
 SUPPORTED = "fastMRI/ISMRMRD HDF5 (.h5), DICOM (.dcm or no extension), NIfTI (.nii, .nii.gz)"
+WATERMARK_OVERLAP = timedelta(minutes=5)
 
 
 class IngestRow(NamedTuple):
@@ -129,16 +135,18 @@ def ingest(
     quiet_seconds: float | None = None,
     wait_seconds: float = 0.0,
     inline: bool = False,
+    full: bool = False,
 ) -> list[dict[str, Any]]:
     """Start one job per settled study in the raw bucket (see module docs); returns the table.
 
     ``quiet_seconds`` overrides the configured quiet period; ``wait_seconds`` waits that long
     for the started jobs to finish; ``inline`` runs each job here as a subflow instead of
-    starting a ``process-job`` deployment run.
+    starting a ``process-job`` deployment run; ``full`` looks at every folder, not only those
+    changed since the last complete run.
     """
     settings = get_settings()
     return run_ingest(Storage.from_settings(settings), settings, tenant, quiet_seconds,
-                      wait_seconds, inline)
+                      wait_seconds, inline, full)
 
 
 def run_ingest(
@@ -148,14 +156,17 @@ def run_ingest(
     quiet_seconds: float | None = None,
     wait_seconds: float = 0.0,
     inline: bool = False,
+    full: bool = False,
 ) -> list[dict[str, Any]]:
     """The body of :func:`ingest`."""
     logger = get_run_logger()
     config = PipelineConfig.from_settings(settings)
     quiet_for = config.ingest_quiet_seconds if quiet_seconds is None else quiet_seconds
     quiet = timedelta(seconds=quiet_for)
-    objects = storage.list_raw(tenant)
-    inbox = group_inbox(objects, datetime.now(UTC), quiet)
+    run_started = datetime.now(UTC)
+    watermark = None if full else _read_watermark(tenant)
+    objects = _changed_folders(storage.list_raw(tenant), watermark)
+    inbox = group_inbox(objects, run_started, quiet)
     etags = {item.key: item.etag for item in objects}
     rows: list[IngestRow] = []
     for item in inbox.unsupported:
@@ -189,7 +200,44 @@ def run_ingest(
     if problems:
         logger.error("%d study(ies) could not be submitted: %s", len(problems),
                      "; ".join(row.action for row in problems))
+    elif not inbox.waiting:
+        _write_watermark(tenant, run_started)
     return [row.as_dict() for row in rows]
+
+
+def _watermark_name(tenant: str | None) -> str:
+    return artifact_key("mrdiff-ingest", tenant or "all-tenants")
+
+
+def _read_watermark(tenant: str | None) -> datetime | None:
+    """Start of the last ingest run that left nothing waiting (None: look at everything)."""
+    from prefect.variables import Variable
+
+    try:
+        value = Variable.get(_watermark_name(tenant), default=None)
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except Exception as error:  # an unreadable watermark only means a full pass
+        get_run_logger().warning("ignoring the ingest watermark: %s", error)
+        return None
+
+
+def _write_watermark(tenant: str | None, when: datetime) -> None:
+    from prefect.variables import Variable
+
+    try:
+        Variable.set(_watermark_name(tenant), when.isoformat(), overwrite=True,
+                     tags=["mrdiff", "ingest"])
+    except Exception as error:
+        get_run_logger().warning("could not store the ingest watermark: %s", error)
+
+
+def _changed_folders(objects: list[RawObject], watermark: datetime | None) -> list[RawObject]:
+    """Objects of the study folders with anything newer than ``watermark`` (less the overlap)."""
+    if watermark is None:
+        return objects
+    horizon = watermark - WATERMARK_OVERLAP
+    changed = {folder_of(item) for item in objects if item.last_modified > horizon}
+    return [item for item in objects if folder_of(item) in changed]
 
 
 def _folder_options(

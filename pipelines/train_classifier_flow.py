@@ -73,6 +73,7 @@ def train_classifier_flow(
     threads: int = 1,
     checkpoint_every: int = 200,
     workers: int = 0,
+    crop: int | None = 64,
     export_to: str | None = None,
 ) -> list[dict[str, Any]]:
     """Train the classifier to ``steps`` total steps, one task per chunk; optionally export."""
@@ -83,6 +84,7 @@ def train_classifier_flow(
         "threads": threads,
         "checkpoint_every": checkpoint_every,
         "workers": workers,
+        "crop": crop,
     }
     summaries = [
         train_classifier_chunk(bank_dir, run_dir, target, settings)

@@ -140,6 +140,7 @@ def train_classifier_command(
     threads: Annotated[int, typer.Option(help="torch threads (the prior trains beside)")] = 1,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 200,
     workers: Annotated[int, typer.Option(help="data-loading worker processes (0 or 1)")] = 0,
+    crop: Annotated[int, typer.Option(help="training window around each lesion (0: whole)")] = 64,
 ) -> None:
     """Train the noise-aware healthy-vs-lesion classifier, resuming the run if it exists."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -169,6 +170,7 @@ def train_classifier_command(
             threads=threads,
             checkpoint_every=checkpoint_every,
             workers=workers,
+            crop=crop or None,
             on_step=show,
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""

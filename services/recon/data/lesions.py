@@ -181,7 +181,7 @@ def brain_region(magnitude: np.ndarray, head: np.ndarray) -> np.ndarray:
         tissue = labels == 1 + int(np.argmax(sizes))
     tissue = ndimage.binary_fill_holes(tissue)
     margin = max(1, round(0.06 * min(head.shape)))
-    return np.asarray(ndimage.binary_erosion(tissue, iterations=margin), dtype=bool)
+    return np.asarray(ndimage.distance_transform_edt(tissue) > margin, dtype=bool)
 
 
 def size_category(area_px: float, shape: tuple[int, int]) -> str:
@@ -240,11 +240,27 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return (field - field.mean()) / max(float(field.std()), 1e-12)
 
 
+Window = tuple[int, int, int, int]
+"""Rows ``[top, bottom)`` and columns ``[left, right)`` of the image a lesion is drawn in."""
+
+
+def lesion_window(params: LesionParams, shape: tuple[int, int]) -> Window:
+    """The part of the image a lesion (core, ring and soft edges) can reach."""
+    radius_px = math.sqrt(params.area_px / math.pi)
+    reach = 3.8 * radius_px * (1.0 + params.oedema_width) + 4.0 * params.edge_px + 3.0
+    top = max(0, math.floor(params.center[0] - reach))
+    left = max(0, math.floor(params.center[1] - reach))
+    bottom = min(shape[0], math.ceil(params.center[0] + reach) + 1)
+    right = min(shape[1], math.ceil(params.center[1] + reach) + 1)
+    return top, bottom, left, right
+
+
 def _normalised_radius(
-    params: LesionParams, shape: tuple[int, int], center: tuple[float, float], area: float
+    params: LesionParams, window: Window, center: tuple[float, float], area: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Elliptic radius (1 on the nominal outline) and polar angle of every pixel."""
-    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
+    """Elliptic radius (1 on the nominal outline) and polar angle of every window pixel."""
+    top, bottom, left, right = window
+    rows, cols = np.mgrid[top:bottom, left:right].astype(np.float64)
     dy, dx = rows - center[0], cols - center[1]
     cos, sin = math.cos(params.angle), math.sin(params.angle)
     u = cos * dx + sin * dy
@@ -255,7 +271,7 @@ def _normalised_radius(
 
 
 def _outline_radius(
-    params: LesionParams, rng: np.random.Generator, shape: tuple[int, int]
+    params: LesionParams, rng: np.random.Generator, window: Window
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised radius whose level set 1 is the irregular outline (< 1 inside the lesion).
 
@@ -263,12 +279,13 @@ def _outline_radius(
     the perturbation may raise nearby.
     """
     radius_px = math.sqrt(params.area_px / math.pi)
+    shape = (window[1] - window[0], window[3] - window[2])
     if params.outline == "perturbed-ellipse":
-        rho, _ = _normalised_radius(params, shape, params.center, params.area_px)
+        rho, _ = _normalised_radius(params, window, params.center, params.area_px)
         wobble = _smooth_noise(rng, shape, max(0.5 * radius_px, 0.8))
         return rho * (1.0 + params.roughness * np.clip(wobble, -1.5, 1.5)), rho
     if params.outline == "lobulated":
-        rho, phi = _normalised_radius(params, shape, params.center, params.area_px)
+        rho, phi = _normalised_radius(params, window, params.center, params.area_px)
         boundary = np.ones_like(phi)
         for order in range(3, 7):
             boundary += params.roughness / (order - 2) * np.cos(order * phi + rng.uniform(0, 6.3))
@@ -277,9 +294,11 @@ def _outline_radius(
         lobes = int(rng.integers(2, 4))
         nearest = np.full(shape, np.inf)
         for _ in range(lobes):
-            offset = rng.normal(0.0, 0.6 * radius_px, size=2)
+            offset = np.clip(
+                rng.normal(0.0, 0.6 * radius_px, size=2), -1.2 * radius_px, 1.2 * radius_px
+            )
             center = (params.center[0] + offset[0], params.center[1] + offset[1])
-            rho, _ = _normalised_radius(params, shape, center, params.area_px / lobes)
+            rho, _ = _normalised_radius(params, window, center, params.area_px / lobes)
             nearest = np.minimum(nearest, rho)
         wobble = _smooth_noise(rng, shape, max(0.3 * radius_px, 0.8))
         return nearest * (1.0 + 0.5 * params.roughness * np.clip(wobble, -1.5, 1.5)), nearest
@@ -321,14 +340,21 @@ def render_lesion(
 
     Core: ``m <- (1 - w) m + w c T`` with ``c`` the lesion level (contrast x brain median) and
     ``T`` a smooth texture; ring: ``m <- m (1 +/- strength w_ring)``. Both weights are cut to the
-    brain region; the mask is ``w >= 1/2`` or ``w_ring >= 1/2``.
+    brain region; the mask is ``w >= 1/2`` or ``w_ring >= 1/2``. Only the lesion's window
+    (:func:`lesion_window`) is computed and changed.
     """
     rng = np.random.default_rng(params.detail_seed)
-    shape = (int(magnitude.shape[0]), int(magnitude.shape[1]))
+    window = lesion_window(params, (int(magnitude.shape[0]), int(magnitude.shape[1])))
+    top, bottom, left, right = window
+    local = magnitude[top:bottom, left:right]
+    local_brain = brain[top:bottom, left:right]
+    shape = (bottom - top, right - left)
     radius_px = math.sqrt(params.area_px / math.pi)
-    level, base_radius = _outline_radius(params, rng, shape)
-    brain_weight = ndimage.gaussian_filter(brain.astype(np.float64), 0.7)
-    brain_weight = np.where(brain, np.maximum(brain_weight, 0.5), np.minimum(brain_weight, 0.49))
+    level, base_radius = _outline_radius(params, rng, window)
+    brain_weight = ndimage.gaussian_filter(local_brain.astype(np.float64), 0.7)
+    brain_weight = np.where(
+        local_brain, np.maximum(brain_weight, 0.5), np.minimum(brain_weight, 0.49)
+    )
     core = _soft_inside(level, radius_px, params.edge_px)
     core = _without_islands(core, base_radius, 2 * params.edge_px + 1) * brain_weight
 
@@ -342,20 +368,22 @@ def render_lesion(
         inner = _soft_inside(level / 0.55, radius_px * 0.55, params.edge_px)
         necrosis = (0.35 if params.hyperintense else 1.8) * median * texture
         lesion_level = (1 - inner) * lesion_level + inner * necrosis
-    changed = (1.0 - core) * magnitude + core * np.maximum(lesion_level, 0.0)
+    changed_local = (1.0 - core) * local + core * np.maximum(lesion_level, 0.0)
 
     ring = np.zeros(shape)
     if params.oedema_width > 0:
         outer_radius_px = radius_px * (1.0 + params.oedema_width)
-        outer = _soft_inside(
-            level / (1.0 + params.oedema_width), outer_radius_px, 2 * params.edge_px
-        )
+        outer_level = level / (1.0 + params.oedema_width)
+        outer = _soft_inside(outer_level, outer_radius_px, 2 * params.edge_px)
         reach = radius_px * params.oedema_width + 4 * params.edge_px + 1
         outer = _without_islands(outer, base_radius, reach)
         ring = np.clip(outer - core, 0.0, 1.0) * brain_weight
         sign = 1.0 if params.hyperintense else -1.0
-        changed = changed * (1.0 + sign * params.oedema_strength * ring)
-    mask = (core >= 0.5) | (ring >= 0.5)
+        changed_local = changed_local * (1.0 + sign * params.oedema_strength * ring)
+    changed = np.array(magnitude, dtype=np.float64, copy=True)
+    changed[top:bottom, left:right] = changed_local
+    mask = np.zeros(magnitude.shape, dtype=bool)
+    mask[top:bottom, left:right] = (core >= 0.5) | (ring >= 0.5)
     return changed, mask
 
 
