@@ -123,10 +123,11 @@ def sample_prior_command(
     seeds: Annotated[str, typer.Option(help="one sample per seed: 0-15 or 1,4,9")] = "0-15",
     weights: Annotated[Path | None, typer.Option(help="prior weights file")] = None,
     steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
+    eta: Annotated[float, typer.Option(help="DDIM eta: 0 deterministic, 1 DDPM-like")] = 1.0,
     size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
 ) -> None:
-    """Draw unconditional samples from the prior (DDIM, eta 0) as a magnitude grid PNG."""
+    """Draw unconditional samples from the prior (DDIM) as a magnitude grid PNG."""
     from services.recon.prior import load_prior
     from services.recon.sampler import sample_unconditional
 
@@ -134,8 +135,10 @@ def sample_prior_command(
         raise InputError(f"{out} already exists; pass --overwrite to replace it")
     seed_list = parse_seeds(seeds)
     prior = load_prior(weights)
-    images = sample_unconditional(prior, seed_list, steps=steps, shape=(size, size))
-    footer = f"{prior.name}, unconditional DDIM {steps} steps, seeds {seeds}"
+    if not 0.0 <= eta <= 1.0:
+        raise InputError(f"eta must be in [0, 1], got {eta}")
+    images = sample_unconditional(prior, seed_list, steps=steps, shape=(size, size), eta=eta)
+    footer = f"{prior.name}, unconditional DDIM {steps} steps, eta {eta:g}, seeds {seeds}"
     write_png(out, magnitude_grid(images), window=(0.0, 1.0), footer=footer, overwrite=overwrite)
     typer.echo(f"wrote {out} ({len(seed_list)} samples of {prior.name}, {steps} DDIM steps)")
 

@@ -448,14 +448,15 @@ def sample_unconditional(
     seeds: Sequence[int],
     steps: int = 50,
     shape: tuple[int, int] = (128, 128),
-    eta: float = 0.0,
+    eta: float = 1.0,
     batch: int = 8,
     clip_x0: float | None = 5.0,
 ) -> np.ndarray:
     """Unconditional DDIM samples of the prior, one per seed, complex (S, H, W), p99 units.
 
-    Sample ``i`` depends only on ``seeds[i]`` (its own generator for the starting noise; with
-    ``eta > 0`` the step noise comes from that generator too).
+    Sample ``i`` depends only on ``seeds[i]`` (its own generator for the starting noise and,
+    with ``eta > 0``, the step noise). ``eta = 1`` by default: with an early prior the
+    deterministic ``eta = 0`` path diverged to the clipping bound where ``eta = 1`` did not.
     """
     schedule = prior.schedule
     if not 1 <= steps <= schedule.num_timesteps:

@@ -246,9 +246,12 @@ def test_warnings_name_inputs_far_from_training() -> None:
     assert any("centre" in w for w in input_warnings(sparse_centre, None))
 
 
-def test_unconditional_samples_depend_only_on_their_seed(tiny_prior: LoadedPrior) -> None:
-    together = sample_unconditional(tiny_prior, [1, 2, 3], steps=4, shape=(16, 16))
-    alone = sample_unconditional(tiny_prior, [3], steps=4, shape=(16, 16))
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_unconditional_samples_depend_only_on_their_seed(
+    tiny_prior: LoadedPrior, eta: float
+) -> None:
+    together = sample_unconditional(tiny_prior, [1, 2, 3], steps=4, shape=(16, 16), eta=eta)
+    alone = sample_unconditional(tiny_prior, [3], steps=4, shape=(16, 16), eta=eta)
     assert together.shape == (3, 16, 16) and np.iscomplexobj(together)
     np.testing.assert_allclose(alone[0], together[2], rtol=1e-3, atol=1e-3)
     assert not np.allclose(together[0], together[1])

@@ -1,0 +1,49 @@
+"""Plot a training run's loss curve (runs/<run>/loss.csv) to a PNG for MODEL_CARD.md."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def read_losses(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and losses; a resumed run repeats steps, and the last entry of a step wins."""
+    by_step: dict[int, float] = {}
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            by_step[int(row["step"])] = float(row["loss"])
+    steps = np.array(sorted(by_step))
+    return steps, np.array([by_step[s] for s in steps])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("loss_csv", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--window", type=int, default=50, help="moving-average window")
+    args = parser.parse_args()
+    steps, losses = read_losses(args.loss_csv)
+    window = max(1, min(args.window, len(losses)))
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    figure, axis = plt.subplots(figsize=(7, 3.5), dpi=100)
+    axis.plot(steps, losses, lw=0.5, alpha=0.4, label="loss (per step)")
+    axis.plot(steps[window - 1 :], smooth, lw=1.5, label=f"moving average ({window})")
+    axis.set_yscale("log")
+    axis.set_xlabel("step (batch 16)")
+    axis.set_ylabel("epsilon MSE")
+    axis.legend()
+    axis.set_title("mrdiff prior training loss - research use only, not for diagnosis", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(args.out)
+    print(f"wrote {args.out} ({len(steps)} steps, last smoothed loss {smooth[-1]:.4f})")
+
+
+if __name__ == "__main__":
+    main()
