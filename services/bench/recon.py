@@ -63,8 +63,14 @@ class MethodScores:
     std_head: list[np.ndarray] = field(default_factory=list)
     error_head: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, reference: np.ndarray, seconds: float, real: bool, result_image: np.ndarray,
-            variance: np.ndarray | None) -> None:
+    def add(
+        self,
+        reference: np.ndarray,
+        seconds: float,
+        real: bool,
+        result_image: np.ndarray,
+        variance: np.ndarray | None,
+    ) -> None:
         head = metrics.foreground_mask(reference)
         self.psnr.append(metrics.psnr(reference, result_image))
         self.psnr_head.append(metrics.psnr_in_mask(reference, result_image, head))
@@ -109,7 +115,9 @@ def simulate(slices: Sequence[EvalSlice], setting: Setting, seed: int = 0) -> li
     acquisitions = []
     for index, item in enumerate(slices):
         kspace = physics.simulate_kspace(item.image, snr=SNR, seed=seed + index)
-        mask = make_mask(setting.mask, item.image.shape, setting.accel, CENTER_FRACTION, seed + index)
+        mask = make_mask(
+            setting.mask, item.image.shape, setting.accel, CENTER_FRACTION, seed + index
+        )
         acquisitions.append(Acquisition(item, (kspace * mask).astype(np.complex64), mask))
     return acquisitions
 
@@ -126,8 +134,13 @@ def run_method(
         result = engine.reconstruct_slice(
             acq.kspace[None], acq.mask, False, ReconOptions(**{**options.__dict__, "seed": index})
         )
-        scores.add(acq.slice.image, result.seconds, acq.slice.is_real_scan,
-                   result.reconstruction, result.variance)
+        scores.add(
+            acq.slice.image,
+            result.seconds,
+            acq.slice.is_real_scan,
+            result.reconstruction,
+            result.variance,
+        )
         if on_slice is not None:
             on_slice()
     return scores
@@ -146,12 +159,21 @@ def tune_cs_lambdas(
         acquisitions = simulate(validation, setting, seed=10_000)
         for method in CS_METHODS:
             psnr_by_lambda = {
-                lam: float(np.mean(run_method(
-                    engine, acquisitions, ReconOptions(method=method, lam=lam, cs_iterations=CS_ITERATIONS), on_slice
-                ).psnr))
+                lam: float(
+                    np.mean(
+                        run_method(
+                            engine,
+                            acquisitions,
+                            ReconOptions(method=method, lam=lam, cs_iterations=CS_ITERATIONS),
+                            on_slice,
+                        ).psnr
+                    )
+                )
                 for lam in LAMBDA_GRID
             }
-            chosen.setdefault(method, {})[setting.key] = max(psnr_by_lambda, key=psnr_by_lambda.__getitem__)
+            chosen.setdefault(method, {})[setting.key] = max(
+                psnr_by_lambda, key=psnr_by_lambda.__getitem__
+            )
     return chosen
 
 
@@ -201,7 +223,9 @@ class BenchRow(NamedTuple):
     values: dict[str, float]
 
 
-def method_options(name: str, setting: Setting, lambdas: dict[str, dict[str, float]]) -> ReconOptions:
+def method_options(
+    name: str, setting: Setting, lambdas: dict[str, dict[str, float]]
+) -> ReconOptions:
     """Options for a named method; CS gets the lambda chosen on validation for this setting."""
     if name in DIFFUSION_VARIANTS:
         return DIFFUSION_VARIANTS[name]
@@ -222,13 +246,15 @@ def bench_recon(
     """Score ``methods`` on the evaluation split in every setting, overall and real scans only."""
     evaluation = load_split("evaluation")
     if max_slices is not None:
-        evaluation = evaluation[:max_slices]
+        evaluation = spread(evaluation, max_slices)
     lambdas = load_lambdas()
     rows: list[BenchRow] = []
     for setting in settings:
         acquisitions = simulate(evaluation, setting, seed=0)
         for name in methods:
-            subset = acquisitions[:full_schedule_slices] if name == "diffusion-full" else acquisitions
+            subset = (
+                acquisitions[:full_schedule_slices] if name == "diffusion-full" else acquisitions
+            )
             scores = run_method(engine, subset, method_options(name, setting, lambdas), on_slice)
             rows.append(BenchRow(setting.key, name, "all", scores.summary()))
             if not all(scores.real_scan):

@@ -15,8 +15,20 @@ from services.commands.recon import progress_bar
 from services.recon.engine import ReconEngine
 from services.recon.errors import InputError
 
-bench_app = typer.Typer(help="Benchmarks on held-out data; each prints a table.", no_args_is_help=True)
-COLUMNS = ("slices", "psnr", "psnr_head", "ssim", "nmse", "seconds", "spearman_head", "ause_head", "within_2std")
+bench_app = typer.Typer(
+    help="Benchmarks on held-out data; each prints a table.", no_args_is_help=True
+)
+COLUMNS = (
+    "slices",
+    "psnr",
+    "psnr_head",
+    "ssim",
+    "nmse",
+    "seconds",
+    "spearman_head",
+    "ause_head",
+    "within_2std",
+)
 
 
 def parse_settings(text: str) -> list[recon_bench.Setting]:
@@ -43,16 +55,25 @@ def print_rows(rows: list[recon_bench.BenchRow], title: str) -> None:
 
 @bench_app.command("tune-cs")
 def tune_cs(
-    settings: Annotated[str, typer.Option(help="MASK:ACCEL list")] = "random1d:4,random1d:8,poisson2d:4,poisson2d:8",
+    settings: Annotated[
+        str, typer.Option(help="MASK:ACCEL list")
+    ] = "random1d:4,random1d:8,poisson2d:4,poisson2d:8",
     max_slices: Annotated[int, typer.Option(help="validation slices used")] = 12,
 ) -> None:
     """Choose CS lambdas on the validation split (log grid, 100 iterations) and store them."""
     chosen_settings = parse_settings(settings)
     engine = ReconEngine()
-    runs = len(chosen_settings) * len(recon_bench.CS_METHODS) * len(recon_bench.LAMBDA_GRID) * max_slices
+    runs = (
+        len(chosen_settings)
+        * len(recon_bench.CS_METHODS)
+        * len(recon_bench.LAMBDA_GRID)
+        * max_slices
+    )
     with progress_bar() as bar:
         task = bar.add_task("CS lambda grid on validation", total=runs)
-        lambdas = recon_bench.tune_cs_lambdas(engine, chosen_settings, max_slices, lambda: bar.advance(task))
+        lambdas = recon_bench.tune_cs_lambdas(
+            engine, chosen_settings, max_slices, lambda: bar.advance(task)
+        )
     recon_bench.save_lambdas(lambdas)
     typer.echo(json.dumps(lambdas, indent=2))
     typer.echo(f"stored in {recon_bench.LAMBDA_FILE}")
@@ -60,10 +81,18 @@ def tune_cs(
 
 @bench_app.command("recon")
 def bench_recon(
-    methods: Annotated[str, typer.Option(help="comma-separated methods")] = "zero-filled,cs-l1,cs-tv,diffusion,diffusion-warm,diffusion-full",
-    settings: Annotated[str, typer.Option(help="MASK:ACCEL list")] = "random1d:4,random1d:8,poisson2d:4,poisson2d:8",
-    max_slices: Annotated[int | None, typer.Option(help="evaluation slices used (default all)")] = None,
-    full_schedule_slices: Annotated[int, typer.Option(help="slices for the full-schedule sampler")] = 4,
+    methods: Annotated[
+        str, typer.Option(help="comma-separated methods")
+    ] = "zero-filled,cs-l1,cs-tv,diffusion,diffusion-warm,diffusion-full",
+    settings: Annotated[
+        str, typer.Option(help="MASK:ACCEL list")
+    ] = "random1d:4,random1d:8,poisson2d:4,poisson2d:8",
+    max_slices: Annotated[
+        int | None, typer.Option(help="evaluation slices used (default all)")
+    ] = None,
+    full_schedule_slices: Annotated[
+        int, typer.Option(help="slices for the full-schedule sampler")
+    ] = 4,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write rows as JSON")] = None,
 ) -> None:
     """Reconstruction quality and speed on the evaluation split (lambdas from validation)."""
@@ -74,7 +103,11 @@ def bench_recon(
     with progress_bar() as bar:
         task = bar.add_task("evaluation split", total=None)
         rows = recon_bench.bench_recon(
-            engine, chosen, parse_settings(settings), max_slices, full_schedule_slices,
+            engine,
+            chosen,
+            parse_settings(settings),
+            max_slices,
+            full_schedule_slices,
             lambda: bar.advance(task),
         )
     print_rows(rows, "mrdiff bench recon (evaluation split, single-coil simulated k-space)")

@@ -18,8 +18,13 @@ from services.recon.engine import (
     undersample,
 )
 from services.recon.errors import InputError
-from services.recon.io import ImageVolume, KspaceVolume, read_input, write_kspace_h5
-from services.recon.io import write_reconstruction_h5
+from services.recon.io import (
+    ImageVolume,
+    KspaceVolume,
+    read_input,
+    write_kspace_h5,
+    write_reconstruction_h5,
+)
 from services.recon.io.atomic import refuse_existing
 from services.recon.masks import MASK_KINDS
 
@@ -32,7 +37,9 @@ MaskOption = Annotated[
 AccelOption = Annotated[float, typer.Option(help="retrospective acceleration")]
 CenterOption = Annotated[float, typer.Option(help="fully sampled centre fraction")]
 SeedOption = Annotated[int, typer.Option(help="seed for masks, noise and sampling")]
-SnrOption = Annotated[float, typer.Option(help="SNR of simulated k-space (see physics.simulate_kspace)")]
+SnrOption = Annotated[
+    float, typer.Option(help="SNR of simulated k-space (see physics.simulate_kspace)")
+]
 
 
 def progress_bar() -> Progress:
@@ -55,7 +62,9 @@ def measured_kspace(
 
 
 def reconstruct(
-    input_path: Annotated[Path, typer.Argument(help="fastMRI HDF5, ISMRMRD, DICOM file/folder, NIfTI")],
+    input_path: Annotated[
+        Path, typer.Argument(help="fastMRI HDF5, ISMRMRD, DICOM file/folder, NIfTI")
+    ],
     out: Annotated[Path, typer.Option("--out", help="output HDF5 file")],
     method: Annotated[str, typer.Option(help=f"one of {', '.join(METHODS)}")] = "diffusion",
     lam: Annotated[float | None, typer.Option(help="CS regularisation (relative)")] = None,
@@ -96,7 +105,12 @@ def reconstruct(
         log.warning("input outside the prior's training range: %s", result.attrs["warnings"])
     attrs = {**volume.attrs, **result.attrs}
     write_reconstruction_h5(
-        out, result.reconstruction, result.mask, attrs, variance=result.variance, overwrite=overwrite
+        out,
+        result.reconstruction,
+        result.mask,
+        attrs,
+        variance=result.variance,
+        overwrite=overwrite,
     )
     typer.echo(f"wrote {out} ({result.reconstruction.shape[0]} slices, {attrs['seconds']:.1f} s)")
 

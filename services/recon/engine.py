@@ -149,7 +149,11 @@ class ReconEngine:
             )
         else:
             image = baselines.run_baseline(
-                options.method, single, mask, maps=maps, lam=options.lam,
+                options.method,
+                single,
+                mask,
+                maps=maps,
+                lam=options.lam,
                 max_iter=options.cs_iterations,
             )
         residual = physics.data_consistency_residual(image, single, mask, maps=maps)
@@ -182,8 +186,14 @@ class ReconEngine:
         if options.warm_start is not None and initial is None:
             initial = baselines.zero_filled(kspace, mask, maps=maps)
         result = reconstruct(
-            self.prior, kspace, mask, maps=maps, config=config, seed=options.seed,
-            initial=initial, pixel_size_mm=pixel_size_mm,
+            self.prior,
+            kspace,
+            mask,
+            maps=maps,
+            config=config,
+            seed=options.seed,
+            initial=initial,
+            pixel_size_mm=pixel_size_mm,
         )
         return result.image, result.variance, tuple(result.warnings)
 
@@ -249,13 +259,15 @@ def assemble_volume(
         if options.warm_start is not None:
             attrs["warm_start"] = options.warm_start
     elif options.method != "zero-filled":
-        attrs["lam"] = options.lam if options.lam is not None else baselines.DEFAULT_LAMBDA[options.method]
+        attrs["lam"] = (
+            options.lam if options.lam is not None else baselines.DEFAULT_LAMBDA[options.method]
+        )
         attrs["cs_iterations"] = options.cs_iterations
     return VolumeResult(reconstruction, variance, volume.mask, attrs)
 
 
 def validate_slice(kspace: np.ndarray, mask: np.ndarray) -> None:
-    """Raise :class:`InputError` unless ``kspace`` is finite complex ``(C, H, W)`` fitting ``mask``."""
+    """Raise :class:`InputError` unless ``kspace`` is finite complex (C, H, W) fitting ``mask``."""
     if kspace.ndim != 3:
         raise InputError(f"k-space slice must be (coils, H, W), got shape {kspace.shape}")
     if not np.iscomplexobj(kspace):

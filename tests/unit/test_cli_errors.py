@@ -136,7 +136,9 @@ def test_bad_input_exits_2_with_one_line(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("out", ".out"))]
 
 
-def test_existing_output_is_never_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_output_is_never_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = write_h5(tmp_path / "in.h5", kspace=good_kspace())
     out = tmp_path / "out.h5"
     out.write_bytes(b"precious")
@@ -151,8 +153,17 @@ def test_console_script_reports_one_line(tmp_path: Path) -> None:
     """The installed entry point, run as a real process, prints no traceback."""
     source = real_kspace(tmp_path)
     completed = subprocess.run(
-        [sys.executable, "-m", "services.cli", "reconstruct", str(source), "--out",
-         str(tmp_path / "out.h5"), "--method", "zero-filled"],
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "reconstruct",
+            str(source),
+            "--out",
+            str(tmp_path / "out.h5"),
+            "--method",
+            "zero-filled",
+        ],
         capture_output=True,
         text=True,
         check=False,

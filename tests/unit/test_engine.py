@@ -99,8 +99,10 @@ def test_cs_beats_zero_filled_through_the_engine() -> None:
     engine = ReconEngine()
     error = {
         method: np.linalg.norm(
-            engine.reconstruct_slice(kspace, mask, False, ReconOptions(method=method, lam=0.01))
-            .reconstruction - image
+            engine.reconstruct_slice(
+                kspace, mask, False, ReconOptions(method=method, lam=0.01)
+            ).reconstruction
+            - image
         )
         for method in ("zero-filled", "cs-l1", "cs-tv")
     }
@@ -131,8 +133,13 @@ def test_undersample_keeps_existing_mask() -> None:
 def test_bad_slice_is_refused() -> None:
     engine = ReconEngine()
     with pytest.raises(InputError, match="complex"):
-        engine.reconstruct_slice(np.ones((1, 8, 8)), np.ones((8, 8), bool), False,
-                                 ReconOptions(method="zero-filled"))
+        engine.reconstruct_slice(
+            np.ones((1, 8, 8)), np.ones((8, 8), bool), False, ReconOptions(method="zero-filled")
+        )
     with pytest.raises(InputError, match="mask"):
-        engine.reconstruct_slice(np.ones((1, 8, 8), np.complex64), np.ones((4, 8), bool), False,
-                                 ReconOptions(method="zero-filled"))
+        engine.reconstruct_slice(
+            np.ones((1, 8, 8), np.complex64),
+            np.ones((4, 8), bool),
+            False,
+            ReconOptions(method="zero-filled"),
+        )
