@@ -464,9 +464,9 @@ def test_viewer_shows_a_finished_job_in_three_panels(
     key = api_stack.key_for(api_tenant)
     options = VIEWER_OPTIONS
     with api_stack.client(key) as client:
-        job = submit_file(client, "knee.h5", kspace_h5(slices=6, size=64, seed=41), options)
+        job = submit_file(client, "knee.h5", kspace_h5(slices=4, size=64, seed=41), options)
         assert job.status_code == 202, job.text
-        done = wait_for_state(client, job.json()["id"], {"succeeded"})
+        done = wait_for_state(client, job.json()["id"], {"succeeded"}, timeout=900)
         page = client.get(done["links"]["viewer"])
         assert page.status_code == 200 and "content-security-policy" in page.headers
 
