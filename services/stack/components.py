@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from services.stack.process import (
     http_ok,
     tcp_open,
 )
+from services.storage.local_server import free_port
 from services.storage.objects import make_minio_client
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -155,13 +155,6 @@ def deployment_served(url: str, within_seconds: float = 60.0) -> ReadyCheck:
     return check
 
 
-def free_loopback_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _bin(name: str) -> str:
     """A console script installed beside this interpreter (the project's venv)."""
     return str(Path(sys.executable).with_name(name))
@@ -236,7 +229,7 @@ def ray_head(plan: StackPlan) -> ProcessSpec | None:
             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(plan.ray_dashboard_port), "--disable-usage-stats",
             # Ray's fixed default (52365) collides with any other Ray on this machine.
-            "--dashboard-agent-listen-port", str(free_loopback_port()),
+            "--dashboard-agent-listen-port", str(free_port()),
             "--temp-dir", str(plan.ray_temp_dir),
         ],
         ready=all_of(tcp_open("127.0.0.1", port), http_ok(plan.ray_dashboard_url)),
