@@ -208,7 +208,8 @@ def prefect_server(plan: StackPlan) -> ProcessSpec | None:
         ],
         ready=http_ok(f"{plan.prefect_api_url}/health"),
         urls={"Prefect UI": plan.prefect_ui_url, "Prefect API": plan.prefect_api_url},
-        ready_timeout=120.0,
+        # a first start migrates a fresh SQLite database: minutes on a busy 2-core machine
+        ready_timeout=300.0,
         ports=(port,),
     )
 
