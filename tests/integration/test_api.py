@@ -47,13 +47,15 @@ slow = pytest.mark.slow
 
 FAST = {"method": "zero-filled"}
 FAST_IMAGES = {"method": "zero-filled", "mask": "random1d", "accel": 4}
-# The viewer shows uncertainty only for sampling methods: use the diffusion prior when its
-# weights are installed (and anomaly maps when the classifier is), else the fast baseline.
+# The viewer shows uncertainty only for sampling methods: MRDIFF_VIEWER_DIFFUSION=1 runs the
+# viewer job with the installed diffusion prior (slow on CPU; anomaly maps too when the
+# classifier is installed), else with the fast zero-filled baseline.
 WEIGHTS = Path(__file__).resolve().parents[2] / "services" / "recon" / "weights"
 VIEWER_OPTIONS: dict[str, Any] = (
     {"method": "diffusion", "samples": 4, "steps": 20, "refine_steps": 2,
      "anomaly": (WEIGHTS / "classifier.pt").exists()}
-    if (WEIGHTS / "prior.pt").exists() else {"method": "zero-filled"}
+    if os.environ.get("MRDIFF_VIEWER_DIFFUSION") == "1" and (WEIGHTS / "prior.pt").exists()
+    else {"method": "zero-filled"}
 )
 
 

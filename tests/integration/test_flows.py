@@ -159,7 +159,9 @@ def served_deployments(flow_settings: Settings, ray_cluster: RayConnection, pref
     environment = {
         **os.environ,
         "PREFECT_API_URL": prefect_api,
-        "MRDIFF_RAY_ADDRESS": ray_cluster.address,
+        # Join on loopback: a driver infers its node IP from the route to this address, and
+        # the test cluster's raylet registered as 127.0.0.1.
+        "MRDIFF_RAY_ADDRESS": "127.0.0.1:" + ray_cluster.address.rsplit(":", 1)[1],
         "MRDIFF_RAY_AUTH_MODE": "disabled",
         "MRDIFF_INGEST_INTERVAL_SECONDS": "3600",
         "PYTHONPATH": str(REPO),
