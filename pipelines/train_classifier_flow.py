@@ -68,7 +68,7 @@ def train_classifier_flow(
     steps: int = 4000,
     chunk_steps: int = 500,
     batch: int = 16,
-    lr: float = 3e-4,
+    lr: float = 1e-3,
     seed: int = 0,
     threads: int = 1,
     checkpoint_every: int = 200,

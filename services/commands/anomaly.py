@@ -135,7 +135,7 @@ def train_classifier_command(
     ),
     steps: Annotated[int, typer.Option(help="total optimisation steps of the run")] = 4000,
     batch: Annotated[int, typer.Option(help="images per step (pairs: even)")] = 16,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 3e-4,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-3,
     seed: Annotated[int, typer.Option(help="seed of slices, lesions, timesteps and noise")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads (the prior trains beside)")] = 1,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 200,

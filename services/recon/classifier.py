@@ -6,7 +6,9 @@ Medical Anomaly Detection", MICCAI 2022) use guided-diffusion's ``EncoderUNetMod
 half-UNet with the timestep embedding in each residual block. This one reuses the prior's
 residual block and embedding (:mod:`services.recon.unet`) and ends in a per-location lesion
 evidence map pooled by log-sum-exp, a smooth maximum: one small lesion anywhere is enough to
-call a slice diseased, and the gradient of ``log p(healthy)`` lands where the evidence is.
+call a slice diseased, and the gradient of ``log p(healthy)`` lands where the evidence is
+(training also supervises the evidence map with the exact lesion masks, see
+:mod:`services.recon.classifier_training`).
 """
 
 from __future__ import annotations
@@ -102,11 +104,15 @@ class NoiseAwareClassifier(nn.Module):
         h = self.middle(h, time)
         return self.evidence_head(F.silu(self.head_norm(h)))
 
-    def lesion_logit(self, x: Tensor, t: Tensor) -> Tensor:
-        """``log p(lesion) - log p(healthy)``, shape ``(B,)``: log-mean-exp of the evidence."""
-        evidence = self.evidence(x, t).flatten(1).float()
+    def pool(self, evidence: Tensor) -> Tensor:
+        """Image logit ``(B,)`` from an evidence map: log-mean-exp with sharpness ``r``."""
+        flat = evidence.flatten(1).float()
         r = self.config.pool_sharpness
-        return (torch.logsumexp(r * evidence, dim=1) - math.log(evidence.shape[1])) / r
+        return (torch.logsumexp(r * flat, dim=1) - math.log(flat.shape[1])) / r
+
+    def lesion_logit(self, x: Tensor, t: Tensor) -> Tensor:
+        """``log p(lesion) - log p(healthy)``, shape ``(B,)``: pooled evidence."""
+        return self.pool(self.evidence(x, t))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         logit = self.lesion_logit(x, t)

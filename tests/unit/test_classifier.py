@@ -109,6 +109,7 @@ def test_lesion_pairs_are_cropped_together_and_labels_are_true() -> None:
     bank = PhantomBank(size=64)
     pair = LesionPairs(bank, crop=32)[(0, 11)]
     assert pair.images.shape == (2, 2, 32, 32) and pair.labels.tolist() == [0, 1]
+    assert pair.masks.shape == (2, 32, 32) and not pair.masks[0].any() and pair.masks[1].any()
     assert not torch.equal(pair.images[0], pair.images[1])
     assert torch.all(pair.images[:, 1] == 0), "zero phase"
     whole = LesionPairs(bank, crop=None)[(0, 11)]
