@@ -10,12 +10,6 @@ COMMAND_MODULES = ("recon", "bench", "data", "train", "anomaly", "stack", "api_k
 
 
 def register_all(app: typer.Typer) -> None:
-    """Attach every command group that is installed to the top-level app."""
+    """Attach every command group to the top-level app."""
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"services.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"services.commands.{name}":
-                raise
-            continue
-        module.register(app)
+        importlib.import_module(f"services.commands.{name}").register(app)

@@ -26,10 +26,9 @@ convergence runs on phantoms (objective within a few percent of a 3000-iteration
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
-import sigpy
-import sigpy.mri.app
 
 from services.recon.coils import espirit_maps
 from services.recon.errors import InputError
@@ -92,19 +91,38 @@ def zero_filled(kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray | None = 
     return _zero_filled(kspace, mask, maps)
 
 
-def _sigpy_problem(kspace: np.ndarray, maps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """sigpy always works with coils: single coil is one coil with a map of ones."""
-    if maps is None:
-        return kspace[None], np.ones((1, *kspace.shape), dtype=np.complex64)
-    return kspace, maps
+class _SigpyProblem(NamedTuple):
+    """A CS problem in sigpy's terms: coil k-space, coil maps, absolute lambda, sampling weights.
+
+    sigpy always works with coils: single coil is one coil with a map of ones.
+    """
+
+    kspace: np.ndarray
+    maps: np.ndarray
+    lam: float
+    weights: np.ndarray
 
 
-def _absolute_lambda(
-    lam: float, kspace: np.ndarray, mask: np.ndarray, maps: np.ndarray | None
-) -> float:
+def _sigpy_problem(
+    kspace: np.ndarray, mask: np.ndarray, lam: float, maps: np.ndarray | None, max_iter: int
+) -> _SigpyProblem:
+    """Validate the inputs of a CS baseline and express them as a :class:`_SigpyProblem`."""
+    kspace, mask, maps = _validated(kspace, mask, maps)
+    if max_iter < 1:
+        raise InputError(f"max_iter must be >= 1, got {max_iter}")
     if not (np.isfinite(lam) and lam >= 0):
         raise InputError(f"lam must be a finite non-negative number, got {lam}")
-    return float(lam) * float(np.abs(_zero_filled(kspace, mask, maps)).max())
+    absolute = float(lam) * float(np.abs(_zero_filled(kspace, mask, maps)).max())
+    if maps is None:
+        kspace, maps = kspace[None], np.ones((1, *kspace.shape), dtype=np.complex64)
+    return _SigpyProblem(kspace, maps, absolute, mask.astype(np.float32))
+
+
+def _solve(app: Any) -> np.ndarray:
+    """Run a sigpy app and bring its image to the host as complex64."""
+    import sigpy
+
+    return np.asarray(sigpy.to_device(app.run(), sigpy.cpu_device), dtype=np.complex64)
 
 
 def _sense_norm_bound(coil_maps: np.ndarray) -> float:
@@ -122,11 +140,6 @@ def _tv_step_ratio(lam: float) -> float:
     return float(np.clip(0.3 / np.sqrt(lam), 1.0, _TV_MAX_STEP_RATIO))
 
 
-def _check_iterations(max_iter: int) -> None:
-    if max_iter < 1:
-        raise InputError(f"max_iter must be >= 1, got {max_iter}")
-
-
 def cs_l1_wavelet(
     kspace: np.ndarray,
     mask: np.ndarray,
@@ -135,20 +148,20 @@ def cs_l1_wavelet(
     max_iter: int = DEFAULT_MAX_ITER,
 ) -> np.ndarray:
     """l1-wavelet (db4) compressed sensing via sigpy; ``lam`` relative to max|zero-filled|."""
-    kspace, mask, maps = _validated(kspace, mask, maps)
-    _check_iterations(max_iter)
-    absolute = _absolute_lambda(lam, kspace, mask, maps)
-    y, coil_maps = _sigpy_problem(kspace, maps)
-    image = sigpy.mri.app.L1WaveletRecon(
-        y,
-        coil_maps,
-        absolute,
-        weights=mask.astype(np.float32),
-        max_iter=max_iter,
-        alpha=1.0 / _sense_norm_bound(coil_maps),
-        show_pbar=False,
-    ).run()
-    return np.asarray(sigpy.to_device(image, sigpy.cpu_device), dtype=np.complex64)
+    import sigpy.mri.app
+
+    problem = _sigpy_problem(kspace, mask, lam, maps, max_iter)
+    return _solve(
+        sigpy.mri.app.L1WaveletRecon(
+            problem.kspace,
+            problem.maps,
+            problem.lam,
+            weights=problem.weights,
+            max_iter=max_iter,
+            alpha=1.0 / _sense_norm_bound(problem.maps),
+            show_pbar=False,
+        )
+    )
 
 
 def cs_tv(
@@ -159,23 +172,23 @@ def cs_tv(
     max_iter: int = DEFAULT_MAX_ITER,
 ) -> np.ndarray:
     """Total-variation compressed sensing via sigpy; ``lam`` relative to max|zero-filled|."""
-    kspace, mask, maps = _validated(kspace, mask, maps)
-    _check_iterations(max_iter)
-    absolute = _absolute_lambda(lam, kspace, mask, maps)
-    y, coil_maps = _sigpy_problem(kspace, maps)
-    norm = float(np.sqrt(_sense_norm_bound(coil_maps) + _FINITE_DIFFERENCE_NORM_BOUND))
+    import sigpy.mri.app
+
+    problem = _sigpy_problem(kspace, mask, lam, maps, max_iter)
+    norm = float(np.sqrt(_sense_norm_bound(problem.maps) + _FINITE_DIFFERENCE_NORM_BOUND))
     ratio = _tv_step_ratio(lam)
-    image = sigpy.mri.app.TotalVariationRecon(
-        y,
-        coil_maps,
-        absolute,
-        weights=mask.astype(np.float32),
-        max_iter=max_iter,
-        tau=ratio / norm,
-        sigma=1.0 / (ratio * norm),
-        show_pbar=False,
-    ).run()
-    return np.asarray(sigpy.to_device(image, sigpy.cpu_device), dtype=np.complex64)
+    return _solve(
+        sigpy.mri.app.TotalVariationRecon(
+            problem.kspace,
+            problem.maps,
+            problem.lam,
+            weights=problem.weights,
+            max_iter=max_iter,
+            tau=ratio / norm,
+            sigma=1.0 / (ratio * norm),
+            show_pbar=False,
+        )
+    )
 
 
 BASELINES: dict[str, BaselineFunction] = {

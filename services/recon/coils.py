@@ -11,9 +11,6 @@ from __future__ import annotations
 from typing import TypeVar
 
 import numpy as np
-import sigpy
-import sigpy.mri
-import sigpy.mri.app
 import torch
 
 from services.recon.errors import InputError
@@ -96,6 +93,8 @@ def espirit_maps(
             f"{kernel_width}, needs >= {2 * max(kernel_width, MIN_KERNEL_WIDTH)} fully sampled "
             "centre lines)"
         )
+    import sigpy.mri.app  # deferred: sigpy pulls in scipy.signal, seconds of start-up
+
     maps = sigpy.mri.app.EspiritCalib(
         kspace.astype(np.complex64),
         calib_width=width,
@@ -117,6 +116,8 @@ def birdcage_maps(n_coils: int, shape: tuple[int, int]) -> np.ndarray:
         raise InputError(f"n_coils must be >= 1, got {n_coils}")
     if len(shape) != 2:
         raise InputError(f"shape must be (H, W), got {tuple(shape)}")
+    import sigpy.mri
+
     maps = sigpy.mri.birdcage_maps((n_coils, *shape), dtype=np.complex128)
     return normalize_maps(maps)
 

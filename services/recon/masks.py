@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import sigpy.mri
 
 from services.recon.errors import InputError
 
@@ -109,6 +108,8 @@ def poisson_mask_2d(
         )
     if acceleration == 1.0:
         return np.ones(shape, dtype=bool)
+    import sigpy.mri  # deferred: sigpy pulls in scipy.signal, seconds of start-up
+
     try:
         mask = sigpy.mri.poisson(
             (height, width),

@@ -11,7 +11,7 @@ All functions return Python floats (or bool arrays for masks) and accept numpy a
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 from services.recon.errors import InputError
@@ -129,6 +129,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     _same_shape(a, b, "spearman")
     if a.size < 2:
         raise InputError("spearman needs at least two values")
+    from scipy import stats  # deferred: scipy.stats costs seconds of start-up
+
     return float(stats.spearmanr(a, b).statistic)
 
 
@@ -201,6 +203,8 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     negatives = labels.size - positives
     if positives == 0 or negatives == 0:
         raise InputError("auroc needs both positive and negative labels")
+    from scipy import stats
+
     ranks = stats.rankdata(scores)
     rank_sum = float(ranks[labels].sum())
     return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
