@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import resource
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -201,11 +201,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+WARM_START_FROM_CS = 200
+"""Diffusion step a CS-TV warm start is noised to: lower than from zero-filled (400), since the
+estimate is closer to the image; picked on the validation split (BENCHMARKS.md)."""
 DIFFUSION_VARIANTS: dict[str, ReconOptions] = {
     "diffusion": ReconOptions(method="diffusion"),
     "diffusion-warm": ReconOptions(method="diffusion", warm_start=400),
     "diffusion-full": ReconOptions(method="diffusion", full_schedule=True),
+    "diffusion-warm-tv": ReconOptions(
+        method="diffusion", warm_start=WARM_START_FROM_CS, warm_start_from="cs-tv"
+    ),
 }
+"""Named diffusion configurations; ``diffusion-warm-tv`` starts from CS-TV (validation lambda)."""
 DEFAULT_SETTINGS = (
     Setting("random1d", 4.0),
     Setting("random1d", 8.0),
@@ -228,7 +235,11 @@ def method_options(
 ) -> ReconOptions:
     """Options for a named method; CS gets the lambda chosen on validation for this setting."""
     if name in DIFFUSION_VARIANTS:
-        return DIFFUSION_VARIANTS[name]
+        options = DIFFUSION_VARIANTS[name]
+        if options.warm_start is not None and options.warm_start_from in CS_METHODS:
+            lam = lambdas.get(options.warm_start_from, {}).get(setting.key)
+            return replace(options, lam=lam, cs_iterations=CS_ITERATIONS)
+        return options
     if name in CS_METHODS:
         lam = lambdas.get(name, {}).get(setting.key)
         return ReconOptions(method=name, lam=lam, cs_iterations=CS_ITERATIONS)

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from services.recon.engine import (
     METHODS,
+    WARM_START_SOURCES,
     ReconEngine,
     ReconOptions,
     RetrospectiveOptions,
@@ -72,6 +73,9 @@ def reconstruct(
     steps: Annotated[int, typer.Option(help="coarse respaced diffusion steps")] = 50,
     refine_steps: Annotated[int, typer.Option(help="fine refinement steps")] = 20,
     warm_start: Annotated[int | None, typer.Option(help="start at this diffusion step")] = None,
+    warm_start_from: Annotated[
+        str, typer.Option(help=f"warm start estimate: {', '.join(WARM_START_SOURCES)}")
+    ] = "zero-filled",
     anomaly: Annotated[bool, typer.Option(help="also compute the anomaly map")] = False,
     mask: MaskOption = None,
     accel: AccelOption = 4.0,
@@ -90,6 +94,7 @@ def reconstruct(
         refine_steps=refine_steps,
         seed=seed,
         warm_start=warm_start,
+        warm_start_from=warm_start_from,
         lam=lam,
         anomaly=anomaly,
     ).validated()

@@ -22,11 +22,17 @@ from services.recon.masks import MASK_KINDS, make_mask
 
 RESEARCH_USE_ONLY = "research use only, not for diagnosis"
 METHODS = ("diffusion", "zero-filled", "cs-l1", "cs-tv")
+WARM_START_SOURCES = ("zero-filled", "cs-l1", "cs-tv")
 
 
 @dataclass(frozen=True)
 class ReconOptions:
-    """How to reconstruct; every random choice is driven by ``seed``."""
+    """How to reconstruct; every random choice is driven by ``seed``.
+
+    ``warm_start`` (a diffusion step) starts the sampler from a classical estimate noised to that
+    step (Chung et al., CVPR 2022) made by ``warm_start_from``; ``lam`` is the lambda of a CS
+    method, or of a CS warm start.
+    """
 
     method: str = "diffusion"
     samples: int = 8
@@ -34,6 +40,7 @@ class ReconOptions:
     refine_steps: int = 20
     seed: int = 0
     warm_start: int | None = None
+    warm_start_from: str = "zero-filled"
     full_schedule: bool = False
     lam: float | None = None
     cs_iterations: int = 100
@@ -47,6 +54,11 @@ class ReconOptions:
             raise InputError(f"samples must be at least 1, got {self.samples}")
         if self.steps < 1 or self.refine_steps < 0:
             raise InputError("steps must be >= 1 and refine_steps >= 0")
+        if self.warm_start_from not in WARM_START_SOURCES:
+            raise InputError(
+                f"unknown warm start source {self.warm_start_from!r}; "
+                f"choose one of {', '.join(WARM_START_SOURCES)}"
+            )
         if self.lam is not None and not self.lam > 0:
             raise InputError(f"lam must be positive, got {self.lam}")
         return self
@@ -110,6 +122,13 @@ class ReconEngine:
             import torch
 
             torch.set_num_threads(threads)
+
+    @classmethod
+    def from_prior(cls, prior: Any) -> ReconEngine:
+        """An engine around an already loaded :class:`~services.recon.prior.LoadedPrior`."""
+        engine = cls(prior_path=prior.path)
+        engine._prior = prior
+        return engine
 
     @property
     def prior(self) -> Any:
@@ -184,7 +203,14 @@ class ReconEngine:
             full_schedule=options.full_schedule,
         )
         if options.warm_start is not None and initial is None:
-            initial = baselines.zero_filled(kspace, mask, maps=maps)
+            initial = baselines.run_baseline(
+                options.warm_start_from,
+                kspace,
+                mask,
+                maps=maps,
+                lam=options.lam,
+                max_iter=options.cs_iterations,
+            )
         result = reconstruct(
             self.prior,
             kspace,
@@ -258,6 +284,7 @@ def assemble_volume(
         )
         if options.warm_start is not None:
             attrs["warm_start"] = options.warm_start
+            attrs["warm_start_from"] = options.warm_start_from
     elif options.method != "zero-filled":
         attrs["lam"] = (
             options.lam if options.lam is not None else baselines.DEFAULT_LAMBDA[options.method]

@@ -1,4 +1,4 @@
-"""Small synthetic inputs for the io tests, built once per session (fastMRI style)."""
+"""Shared unit-test inputs: small synthetic io files (fastMRI style) and a tiny random prior."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from services.recon.diffusion import DiffusionSchedule
 from services.recon.io import write_dicom_series, write_ismrmrd
+from services.recon.prior import LoadedPrior
+from services.recon.unet import UNet, UNetConfig, to_device
 
 IO_SLICES = 3
 IO_SIZE = 32
@@ -115,3 +119,22 @@ def io_dicom_series_dir(tmp_path_factory: pytest.TempPathFactory, io_phantom: np
         seed_for_uids=7,
     )
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_prior() -> LoadedPrior:
+    """A random network (non-zero head) behind the real loader's interface, T = 100."""
+    torch.manual_seed(0)
+    config = UNetConfig(channels=(8, 16), norm_groups=4, time_embedding_dim=16)
+    model = UNet(config)
+    torch.nn.init.normal_(model.head.weight, std=0.05)
+    model = to_device(model, "cpu").eval()
+    return LoadedPrior(
+        model=model,
+        config=config,
+        schedule=DiffusionSchedule.cosine(100),
+        sha256="0" * 64,
+        name="tiny-random",
+        path=Path("tiny.pt"),
+        step=0,
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ from services.recon.engine import (
 from services.recon.errors import InputError
 from services.recon.io import ImageVolume, KspaceVolume
 from services.recon.masks import make_mask
+from services.recon.prior import LoadedPrior
 
 
 def disc_phantom(size: int = 32) -> np.ndarray:
@@ -143,3 +146,21 @@ def test_bad_slice_is_refused() -> None:
             False,
             ReconOptions(method="zero-filled"),
         )
+
+
+def test_warm_start_from_cs_tv_is_recorded_and_starts_elsewhere(tiny_prior: LoadedPrior) -> None:
+    engine = ReconEngine.from_prior(tiny_prior)
+    volume = retrospective_kspace(image_volume(slices=1), RetrospectiveOptions(accel=3.0))
+    base = ReconOptions(samples=2, steps=4, refine_steps=2, warm_start=30)
+    from_zero_filled = engine.reconstruct_volume(volume, base)
+    from_tv = engine.reconstruct_volume(
+        volume, replace(base, warm_start_from="cs-tv", lam=1e-2, cs_iterations=20)
+    )
+    assert from_zero_filled.attrs["warm_start_from"] == "zero-filled"
+    assert from_tv.attrs["warm_start_from"] == "cs-tv"
+    assert not np.allclose(from_zero_filled.reconstruction, from_tv.reconstruction)
+
+
+def test_unknown_warm_start_source_is_named() -> None:
+    with pytest.raises(InputError, match="warm start source"):
+        ReconOptions(warm_start=100, warm_start_from="grappa").validated()

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from services.recon import physics
 from services.recon.coils import birdcage_maps
-from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
 from services.recon.prior import DEFAULT_WEIGHTS, LoadedPrior, load_prior
 from services.recon.sampler import (
@@ -23,7 +20,6 @@ from services.recon.sampler import (
     reconstruct,
     sample_unconditional,
 )
-from services.recon.unet import UNet, UNetConfig, to_device
 
 SIZE = 32
 FAST = SamplerConfig(samples=3, steps=6, refine_steps=3)
@@ -32,25 +28,6 @@ FAST = SamplerConfig(samples=3, steps=6, refine_steps=3)
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def tiny_prior() -> LoadedPrior:
-    """A random network (non-zero head) behind the real loader's interface, T = 100."""
-    torch.manual_seed(0)
-    config = UNetConfig(channels=(8, 16), norm_groups=4, time_embedding_dim=16)
-    model = UNet(config)
-    torch.nn.init.normal_(model.head.weight, std=0.05)
-    model = to_device(model, "cpu").eval()
-    return LoadedPrior(
-        model=model,
-        config=config,
-        schedule=DiffusionSchedule.cosine(100),
-        sha256="0" * 64,
-        name="tiny-random",
-        path=Path("tiny.pt"),
-        step=0,
-    )
 
 
 def phantom(size: int = SIZE) -> np.ndarray:
