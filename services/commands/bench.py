@@ -93,9 +93,17 @@ def bench_recon(
     full_schedule_slices: Annotated[
         int, typer.Option(help="slices for the full-schedule sampler")
     ] = 4,
+    split: Annotated[
+        str, typer.Option(help="evaluation (report) or validation (choose settings)")
+    ] = "evaluation",
+    warm_start: Annotated[
+        int | None, typer.Option(help="override the warm-start step of the warm variants")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write rows as JSON")] = None,
 ) -> None:
     """Reconstruction quality and speed on the evaluation split (lambdas from validation)."""
+    if split not in ("evaluation", "validation"):
+        raise InputError(f"split must be evaluation or validation, got {split!r}")
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     if any(m in recon_bench.CS_METHODS for m in chosen) and not recon_bench.load_lambdas():
         raise InputError("no CS lambdas chosen yet; run `mrdiff bench tune-cs` first")
@@ -109,8 +117,10 @@ def bench_recon(
             max_slices,
             full_schedule_slices,
             lambda: bar.advance(task),
+            split=split,
+            warm_start=warm_start,
         )
-    print_rows(rows, "mrdiff bench recon (evaluation split, single-coil simulated k-space)")
+    print_rows(rows, f"mrdiff bench recon ({split} split, single-coil simulated k-space)")
     typer.echo(f"peak RSS: {recon_bench.peak_rss_mb():.0f} MB")
     if json_out is not None:
         json_out.write_text(json.dumps([row._asdict() for row in rows], indent=2) + "\n")
