@@ -13,7 +13,7 @@ import resource
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -253,7 +253,7 @@ def bench_recon(
     max_slices: int | None = None,
     full_schedule_slices: int = 4,
     on_slice: Callable[[], None] | None = None,
-    split: str = "evaluation",
+    split: Literal["validation", "evaluation"] = "evaluation",
     warm_start: int | None = None,
 ) -> list[BenchRow]:
     """Score ``methods`` on a split in every setting, overall and real scans only.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -104,6 +104,9 @@ def bench_recon(
     """Reconstruction quality and speed on the evaluation split (lambdas from validation)."""
     if split not in ("evaluation", "validation"):
         raise InputError(f"split must be evaluation or validation, got {split!r}")
+    split_name: Literal["validation", "evaluation"] = (
+        "validation" if split == "validation" else "evaluation"
+    )
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     if any(m in recon_bench.CS_METHODS for m in chosen) and not recon_bench.load_lambdas():
         raise InputError("no CS lambdas chosen yet; run `mrdiff bench tune-cs` first")
@@ -117,7 +120,7 @@ def bench_recon(
             max_slices,
             full_schedule_slices,
             lambda: bar.advance(task),
-            split=split,
+            split=split_name,
             warm_start=warm_start,
         )
     print_rows(rows, f"mrdiff bench recon ({split} split, single-coil simulated k-space)")
