@@ -136,7 +136,10 @@ def demo(
                   f"s3://{storage.raw_bucket}/{flow.DEMO_TENANT}/ ; ingest runs after the "
                   "quiet period")
     flow.request_ingest(settings)
-    jobs = _follow(storage, studies, keys, timeout)
+    try:
+        jobs = _follow(stack, storage, studies, keys, timeout)
+    except StackError as error:
+        raise InputError(f"{error}\nstop it with `mrdiff down`, then run the demo again") from None
     _summary(stack, storage, studies, jobs, settings)
     missing = [name for name, job in jobs.items() if job is None or job.state.value != "succeeded"]
     if missing:
@@ -144,7 +147,11 @@ def demo(
 
 
 def _follow(
-    storage: Storage, studies: list[DemoStudy], keys: dict[str, str], timeout: float
+    stack: Stack,
+    storage: Storage,
+    studies: list[DemoStudy],
+    keys: dict[str, str],
+    timeout: float,
 ) -> dict[str, JobRecord | None]:
     with Progress("[progress.description]{task.description}", BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
@@ -161,7 +168,7 @@ def _follow(
                 bar.update(tasks[name], total=total, completed=job.progress_done,
                            description=f"{name}: {job.state.value}")
 
-        return demo_flow.wait_for_jobs(storage, keys, timeout, update)
+        return demo_flow.wait_for_jobs(storage, keys, timeout, update, stack.failure)
 
 
 def _summary(

@@ -28,6 +28,7 @@ from pipelines.options import JobOptions
 from pipelines.prefect_api import INGEST_DEPLOYMENT, start_deployment_run
 from services.recon.errors import InputError
 from services.settings import Settings
+from services.stack.supervisor import StackError
 from services.storage.jobs import JobRecord
 from services.storage.storage import Storage
 
@@ -144,9 +145,15 @@ def wait_for_jobs(
     keys: dict[str, str],
     timeout: float,
     on_update: Callable[[dict[str, JobRecord | None]], None],
+    stack_failure: Callable[[], str | None] = lambda: None,
     poll_seconds: float = 1.0,
 ) -> dict[str, JobRecord | None]:
-    """Poll the job records until every study's job is finished (or ``timeout``)."""
+    """Poll the job records until every study's job is finished (or ``timeout``).
+
+    Raises :class:`~services.stack.supervisor.StackError` as soon as ``stack_failure`` names a
+    broken stack (a process exited), instead of waiting out the timeout for results that
+    cannot come.
+    """
     deadline = time.monotonic() + timeout
     jobs = find_jobs(storage, keys)
     while True:
@@ -155,6 +162,9 @@ def wait_for_jobs(
             return jobs
         if time.monotonic() > deadline:
             return jobs
+        reason = stack_failure()
+        if reason is not None:
+            raise StackError(f"the stack broke while the demo ran: {reason}")
         time.sleep(poll_seconds)
         jobs = find_jobs(storage, keys)
 

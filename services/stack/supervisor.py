@@ -184,17 +184,24 @@ class Stack:
         """True when every configured process runs and answers."""
         return all(row.running and row.ready for row in self.status())
 
+    def failure(self) -> str | None:
+        """Why the stack is broken (a recorded process exited, with its last log lines), or None."""
+        for process in self.recorded():
+            if not is_alive(process):
+                return (
+                    f"{process.name} (pid {process.pid}) exited; last lines of "
+                    f"{process.log}:\n{log_tail(Path(process.log))}"
+                )
+        return None
+
     def watch(self, poll_seconds: float = 1.0) -> str | None:
         """Block while the stack runs; returns why it stopped (None: ``mrdiff down`` did it)."""
         while True:
             if not self.state_path.exists():
                 return None
-            for process in self.recorded():
-                if not is_alive(process):
-                    return (
-                        f"{process.name} (pid {process.pid}) exited; last lines of "
-                        f"{process.log}:\n{log_tail(Path(process.log))}"
-                    )
+            reason = self.failure()
+            if reason is not None:
+                return reason
             time.sleep(poll_seconds)
 
 

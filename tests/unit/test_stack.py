@@ -8,11 +8,14 @@ import socket
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from services.settings import load_settings
 from services.stack.components import COMPONENTS, StackPlan
+from services.stack.demo import wait_for_jobs
 from services.stack.process import (
     ProcessSpec,
     RunningProcess,
@@ -23,6 +26,8 @@ from services.stack.process import (
     tcp_open,
 )
 from services.stack.supervisor import Stack, StackError
+from services.storage.local_server import free_port
+from services.storage.storage import Storage
 
 STUBBORN = """
 import signal, time
@@ -32,12 +37,6 @@ print("ready", flush=True)
 while len(seen) < 2:
     time.sleep(0.05)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def web_server(name: str, port: int) -> ProcessSpec:
@@ -131,6 +130,22 @@ def test_watch_reports_a_process_that_died(tmp_path: Path) -> None:
         os.kill(running.pid, signal.SIGKILL)
         reason = stack.watch(poll_seconds=0.1)
         assert reason is not None and reason.startswith("web (pid")
+    finally:
+        stack.down(echo=lambda line: None)
+
+
+def test_the_demo_stops_waiting_when_a_stack_process_dies(tmp_path: Path) -> None:
+    no_jobs_yet = SimpleNamespace(jobs=SimpleNamespace(find_by_processing_key=lambda *_: None))
+    port = free_port()
+    stack = Stack(plan(tmp_path), [lambda p: web_server("web", port)])
+    (running,) = stack.up(echo=lambda line: None)
+    try:
+        os.kill(running.pid, signal.SIGKILL)
+        with pytest.raises(StackError, match=r"stack broke .* web \(pid"):
+            wait_for_jobs(
+                cast(Storage, no_jobs_yet), {"study": "key"}, timeout=600.0,
+                on_update=lambda jobs: None, stack_failure=stack.failure, poll_seconds=0.1,
+            )
     finally:
         stack.down(echo=lambda line: None)
 
