@@ -14,7 +14,7 @@ from typing import cast
 import pytest
 
 from services.settings import load_settings
-from services.stack.components import COMPONENTS, StackPlan
+from services.stack.components import COMPONENTS, Component, StackPlan
 from services.stack.demo import wait_for_jobs
 from services.stack.process import (
     ProcessSpec,
@@ -51,6 +51,10 @@ def web_server(name: str, port: int) -> ProcessSpec:
     )
 
 
+def web_component(name: str, port: int) -> Component:
+    return lambda _plan: web_server(name, port)
+
+
 def plan(tmp_path: Path) -> StackPlan:
     return StackPlan.from_settings(load_settings(data_dir=tmp_path))
 
@@ -83,8 +87,7 @@ def test_a_reused_pid_is_not_mistaken_for_the_recorded_process(tmp_path: Path) -
 
 def test_up_status_down(tmp_path: Path) -> None:
     ports = [free_port(), free_port()]
-    stack = Stack(plan(tmp_path), [lambda p, port=port, i=i: web_server(f"web{i}", port)
-                                   for i, port in enumerate(ports)])
+    stack = Stack(plan(tmp_path), [web_component(f"web{i}", port) for i, port in enumerate(ports)])
     started = stack.up(echo=lambda line: None)
     try:
         assert [p.name for p in started] == ["web0", "web1"]
