@@ -24,8 +24,10 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
-## Long tests (training smoke runs, full-size sampling); not part of CI's default suite.
+## Long tests (training smoke runs, full-size sampling, the viewer in headless Chromium,
+## schemathesis); not part of CI's default suite. Needs Debian chromium for the viewer test.
 test-slow: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { echo "make test-slow: chromium is missing (the viewer test needs it); install it with: apt-get install -y chromium" >&2; exit 2; }
 	$(BIN)/pytest -q -m slow
 
 down: $(STAMP)

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from pipelines.config import PipelineConfig
-from pipelines.inputs import OPTIONS_FILE, InputKind, is_api_upload, kind_of
+from pipelines.inputs import OPTIONS_FILE, InputKind, kind_of
 from pipelines.jobs import read_options_file, submit_job
 from pipelines.options import JobOptions
 from pipelines.prefect_api import INGEST_DEPLOYMENT, start_deployment_run
@@ -89,7 +89,7 @@ def handle_minio_event(
             parsed = keys.parse_raw_key(key)
         except InputError:
             continue
-        if keys.is_reserved_raw_key(parsed) or is_api_upload(parsed.study):
+        if not keys.is_ingest_input(parsed):
             continue  # mrdiff's own keys; API uploads were submitted when they arrived
         kind = kind_of(parsed.name)
         if kind is InputKind.DICOM:

@@ -14,8 +14,9 @@ A folder is *settled* once nothing in it changed for the quiet period, so a DICO
 arriving instance by instance (or a ``job.json`` uploaded just after its data) is complete
 before any job starts.
 
-``<tenant>/uploads/`` belongs to the HTTP API: files there were submitted with their own
-options when they were uploaded, so ingest (and the MinIO webhook) leave them alone.
+Only keys :func:`services.storage.keys.is_ingest_input` accepts are grouped: mrdiff's own
+folders (quarantine, ...) and ``<tenant>/uploads/``, where the HTTP API keeps the files it
+submitted itself with their own options, are left alone (ingest would make duplicate jobs).
 """
 
 from __future__ import annotations
@@ -27,17 +28,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from services.storage.inbox import RawObject
+from services.storage.keys import is_ingest_input
 
 OPTIONS_FILE = "job.json"
 HDF5_SUFFIXES = (".h5", ".hdf5", ".mrd")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
-API_UPLOADS_FOLDER = "uploads"
-
-
-def is_api_upload(study: str | None) -> bool:
-    """True for the study folder where the HTTP API keeps the uploads it submitted itself."""
-    return study == API_UPLOADS_FOLDER
 
 
 class InputKind(StrEnum):
@@ -103,7 +99,7 @@ def group_inbox(
     """Group raw objects into units; a folder is settled when quiet for ``quiet``."""
     by_folder: dict[str, list[RawObject]] = defaultdict(list)
     for item in objects:
-        if not is_api_upload(item.study):
+        if is_ingest_input(item.key):
             by_folder[folder_of(item)].append(item)
     ready: list[StudyUnit] = []
     waiting: list[StudyUnit] = []

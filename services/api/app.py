@@ -7,19 +7,21 @@ Run it with ``python -m services.api`` (host and port from ``MRDIFF_API_HOST``/`
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
 from services.api.auth import ApiKeyStore
-from services.api.config import ApiConfig
+from services.api.concurrency import SubmissionGate, preload_heavy_modules
 from services.api.deps import ApiServices
 from services.api.errors import ErrorPublic, install_error_handlers
-from services.api.job_stats import read_job_stats
 from services.api.limits import BodySizeLimit
 from services.api.metrics import ApiMetrics, MetricsMiddleware
 from services.api.model_catalog import ModelCatalog
@@ -42,26 +44,31 @@ fetch `GET /v1/jobs/{{id}}/results`. **{RESEARCH_USE_ONLY.capitalize()}.**
 """
 
 
-def create_app(
-    settings: Settings | None = None,
-    storage: Storage | None = None,
-    config: ApiConfig | None = None,
-) -> FastAPI:
-    """The API for ``settings`` (default: from the environment) over ``storage``; ``config``
-    overrides the limits derived from the settings (tests use small ones)."""
+def create_app(settings: Settings | None = None, storage: Storage | None = None) -> FastAPI:
+    """The API for ``settings`` (default: from the environment) over ``storage`` (default: the
+    settings' S3). Every limit, origin and secret comes from ``settings``."""
     settings = settings or get_settings()
     storage = storage or Storage.from_settings(settings)
-    config = config or ApiConfig.from_settings(settings)
     services = ApiServices(
         settings=settings,
-        config=config,
         storage=storage,
-        keys=ApiKeyStore(config.api_keys_file, settings.api_pepper.get_secret_value()),
-        metrics=ApiMetrics(read_stats=lambda: read_job_stats(storage)),
+        keys=ApiKeyStore(settings.api_keys_path, settings.api_pepper.get_secret_value()),
+        metrics=ApiMetrics(read_counts=storage.job_counts),
         models=ModelCatalog(settings),
-        results=ResultCache(storage, config.cache_dir),
+        results=ResultCache(storage, settings.api_cache_dir),
+        submissions=SubmissionGate(settings.max_concurrent_submissions),
     )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        services.submissions.open()
+        seconds = await run_in_threadpool(preload_heavy_modules)
+        log.info("Prefect client loaded in %.1f s; up to %d submissions at once", seconds,
+                 settings.max_concurrent_submissions)
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="mrdiff",
         version="0.1.0",
         description=DESCRIPTION,
@@ -85,14 +92,14 @@ def create_app(
     def body_limit(scope: Scope) -> int:
         content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
         if scope.get("path") == "/v1/jobs" and content_type.startswith(b"multipart/form-data"):
-            return config.max_upload_bytes
-        return config.max_json_bytes
+            return settings.max_upload_bytes
+        return settings.max_json_bytes
 
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
-    if config.cors_origins:
+    if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=list(config.cors_origins),
+            allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["Location"],

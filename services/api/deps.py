@@ -13,7 +13,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api.auth import ApiKeyStore
-from services.api.config import ApiConfig
+from services.api.concurrency import SubmissionGate
 from services.api.metrics import ApiMetrics
 from services.api.model_catalog import ModelCatalog
 from services.api.result_files import ResultCache
@@ -26,12 +26,12 @@ class ApiServices:
     """The long-lived objects one API process shares between requests."""
 
     settings: Settings
-    config: ApiConfig
     storage: Storage
     keys: ApiKeyStore
     metrics: ApiMetrics
     models: ModelCatalog
     results: ResultCache
+    submissions: SubmissionGate
 
 
 def get_services(request: Request) -> ApiServices:

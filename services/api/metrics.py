@@ -3,7 +3,8 @@
 Request counters and latency histograms are recorded by an ASGI middleware labelled with the
 route *template* (``/v1/jobs/{job_id}``), never the raw path, so job ids do not explode the label
 set. Jobs by state and slices processed are read from the job records (the source of truth) at
-scrape time through :class:`JobStatsCollector`, cached for a few seconds.
+scrape time through :class:`JobCountsCollector` (``Storage.job_counts``), cached for a few
+seconds.
 """
 
 from __future__ import annotations
@@ -12,67 +13,59 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.storage import JobCounts, JobState
+
 log = logging.getLogger("mrdiff.api")
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-@dataclass(frozen=True)
-class JobStats:
-    """Counts over all job records: jobs per state and slices finished."""
+class JobCountsCollector(Collector):
+    """Reads :class:`JobCounts` through ``read_counts`` at most every ``ttl_seconds``."""
 
-    jobs_by_state: dict[str, int] = field(default_factory=dict)
-    slices_processed: int = 0
-
-
-class JobStatsCollector(Collector):
-    """Reads :class:`JobStats` through ``read_stats`` at most every ``ttl_seconds``."""
-
-    def __init__(self, read_stats: Callable[[], JobStats], ttl_seconds: float = 5.0) -> None:
-        self.read_stats = read_stats
+    def __init__(self, read_counts: Callable[[], JobCounts], ttl_seconds: float = 5.0) -> None:
+        self.read_counts = read_counts
         self.ttl_seconds = ttl_seconds
         self._lock = threading.Lock()
-        self._cached: tuple[float, JobStats] | None = None
+        self._cached: tuple[float, JobCounts] | None = None
 
-    def stats(self) -> JobStats | None:
+    def counts(self) -> JobCounts | None:
         with self._lock:
             now = time.monotonic()
             if self._cached is None or now - self._cached[0] > self.ttl_seconds:
                 try:
-                    self._cached = (now, self.read_stats())
+                    self._cached = (now, self.read_counts())
                 except Exception as error:  # a scrape must not fail because S3 is down
                     log.warning("job statistics unavailable: %s", error)
                     return self._cached[1] if self._cached else None
             return self._cached[1]
 
     def collect(self) -> Iterable[Metric]:
-        stats = self.stats()
-        if stats is None:
+        counts = self.counts()
+        if counts is None:
             return
         jobs = GaugeMetricFamily(
             "mrdiff_jobs", "Jobs by state (from the job records)", labels=["state"]
         )
-        for state in JOB_STATES:
-            jobs.add_metric([state], stats.jobs_by_state.get(state, 0))
+        for state in JobState:
+            jobs.add_metric([state.value], counts.by_state.get(state, 0))
         yield jobs
         yield CounterMetricFamily(
             "mrdiff_slices_processed", "Slices finished across all jobs",
-            value=stats.slices_processed,
+            value=counts.slices_processed,
         )
 
 
 class ApiMetrics:
     """The API's own registry (one per app, so several apps in one process never collide)."""
 
-    def __init__(self, read_stats: Callable[[], JobStats] | None = None) -> None:
+    def __init__(self, read_counts: Callable[[], JobCounts] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "mrdiff_http_requests", "HTTP requests answered",
@@ -82,8 +75,8 @@ class ApiMetrics:
             "mrdiff_http_request_duration_seconds", "Time to answer an HTTP request",
             ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
-        if read_stats is not None:
-            self.registry.register(JobStatsCollector(read_stats))
+        if read_counts is not None:
+            self.registry.register(JobCountsCollector(read_counts))
 
 
 class MetricsMiddleware:

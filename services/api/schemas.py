@@ -63,6 +63,9 @@ class JobPublic(BaseModel):
     input_keys: list[str]
     options: dict[str, Any]
     idempotency_key: str | None = None
+    purged_at: datetime | None = Field(
+        default=None, description="When the job's results were removed (DELETE ?purge=true)."
+    )
     links: JobLinks
 
 

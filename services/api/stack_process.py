@@ -25,5 +25,5 @@ def api_server(plan: StackPlan) -> ProcessSpec:
         ready=http_ok(f"{base}/healthz"),
         urls={"API": base, "API docs": f"{base}/docs", "Viewer": f"{base}/viewer/<job id>"},
         cwd=REPO_ROOT,
-        ready_timeout=60.0,
+        ready_timeout=180.0,  # imports (FastAPI, h5py, Prefect) take a while on a busy machine
     )

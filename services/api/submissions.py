@@ -14,7 +14,6 @@ from typing import BinaryIO
 
 from pipelines.jobs import submit_job
 from pipelines.options import JobOptions
-from services.api.config import ApiConfig
 from services.api.upload_files import check_upload, file_sha256, safe_filename, save_stream
 from services.recon.errors import InputError
 from services.settings import Settings
@@ -26,7 +25,6 @@ UPLOAD_FOLDER = "uploads"
 
 def submit_upload(
     settings: Settings,
-    config: ApiConfig,
     storage: Storage,
     tenant: str,
     stream: BinaryIO,
@@ -35,16 +33,17 @@ def submit_upload(
     idempotency_key: str | None,
 ) -> JobRecord:
     """Save, sniff, read, store and submit one uploaded file (blocking; run in a thread)."""
-    work_root = settings.data_dir / "api_uploads"
+    work_root = settings.api_uploads_dir
     work_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_root) as work:
         work_dir = Path(work)
         name = safe_filename(filename, "upload.bin")
         saved = work_dir / "upload.part"
         sha256, size = save_stream(stream, saved)
-        if size > config.max_upload_bytes:  # the middleware stops bodies earlier; belt and braces
-            raise InputError(f"upload exceeds {config.max_upload_bytes} bytes")
-        checked = check_upload(saved, name, sha256, size, config.max_upload_bytes, work_dir)
+        limit = settings.max_upload_bytes
+        if size > limit:  # the middleware stops bodies earlier; belt and braces
+            raise InputError(f"upload exceeds {limit} bytes")
+        checked = check_upload(saved, name, sha256, size, limit, work_dir)
         folder = f"{UPLOAD_FOLDER}/{sha256[:20]}"
         digests: dict[str, str] = {}
         for path, stored_name in checked.files:

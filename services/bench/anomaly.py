@@ -326,17 +326,26 @@ def save_defaults(
     prior: LoadedPrior | None,
     classifier: LoadedClassifier | None,
     path: Path = DEFAULTS_FILE,
+    grid: dict[str, list[Any]] | None = None,
 ) -> None:
     """Store the chosen knobs (read by :func:`services.recon.anomaly.default_config`).
 
-    Methods not in ``chosen`` keep what an earlier tuning stored.
+    Methods not in ``chosen`` keep what an earlier tuning stored; ``grid`` (L and s values
+    searched) is recorded per method.
     """
+    searched = {"L": list(L_GRID), "s": list(S_GRID), **(grid or {})}
+    searched["smoothing_px"] = list(SMOOTHING_GRID)
     methods: dict[str, Any] = dict(load_defaults(path).get("methods", {}))
     for name, result in chosen.items():
         entry: dict[str, Any] = {
             key: value
             for key, value in asdict(result.config).items()
             if key not in ("seed", "bf16")
+        }
+        entry["grid"] = {
+            "L": searched["L"] if name != "zscore" else [],
+            "s": searched["s"] if name == "guided" else [0.0],
+            "smoothing_px": searched["smoothing_px"],
         }
         entry["validation_auroc_head"] = round(result.auroc_head, 4)
         entry["validation_dice_otsu"] = round(result.dice_otsu, 4)
@@ -348,7 +357,6 @@ def save_defaults(
     payload: dict[str, Any] = {
         "chosen_on": "validation split with training-family lesions; score = in-head pixel "
         "AUROC + mean Otsu Dice (maps in units of the input's 99th percentile)",
-        "grid": {"L": list(L_GRID), "s": list(S_GRID), "smoothing_px": list(SMOOTHING_GRID)},
         "methods": methods,
         "research_use_only": "research use only, not for diagnosis",
     }

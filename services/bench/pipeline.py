@@ -14,6 +14,11 @@ reconstructed three ways with the same options:
 Each pipeline run is a new job (the seed changes, so the processing key does), timed from job
 creation to ``succeeded``. Pipeline overhead (the issue's measure, one actor) is
 (pipeline wall time - sum of per-slice compute) / sum of per-slice compute, from the record.
+``--slices N`` runs on the study's first N slices (a shorter run on a slow machine).
+
+The study goes into the raw bucket's uploads folder (``<tenant>/uploads/``), like an API
+upload: its jobs are created here, so the stack's scheduled ``ingest`` leaves it alone instead
+of starting a job of its own with the default options beside the measurement.
 """
 
 from __future__ import annotations
@@ -23,14 +28,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pipelines.jobs import create_job
-from pipelines.options import JobOptions
-from services.settings import Settings
-from services.storage.storage import Storage
+from services.storage.keys import API_UPLOADS_SEGMENT
+
+if TYPE_CHECKING:  # the CLI imports this module; prefect and the S3 client load when it runs
+    from pipelines.options import JobOptions
+    from services.settings import Settings
+    from services.storage.storage import Storage
 
 BENCH_TENANT = "bench"
 
@@ -102,6 +109,7 @@ def bench_pipeline(
     on_job: Callable[[str], None] | None = None,
 ) -> PipelineBenchRow:
     """Jobs through the ``process-job`` flow on a warm pool of ``actors`` Ray actors."""
+    from pipelines.jobs import create_job
     from pipelines.process_job import process_job
     from pipelines.workers import JobActor, lend_pool
     from services.workers import WorkerPool, connect_ray
@@ -109,7 +117,8 @@ def bench_pipeline(
     connect_ray(settings)
     storage.ensure_buckets()
     run = secrets.token_hex(4)
-    key = storage.put_raw(BENCH_TENANT, f"pipeline-{run}/{h5.name}", path=h5)
+    key = storage.put_raw(BENCH_TENANT, f"{API_UPLOADS_SEGMENT}/pipeline-{run}/{h5.name}",
+                          path=h5)
     pool = WorkerPool(
         n_actors=actors, cpus_per_actor=settings.cpus_per_actor, actor_class=JobActor,
         prior_path=settings.prior_path, preload_models=options.method == "diffusion",
@@ -142,6 +151,22 @@ def bench_pipeline(
     return PipelineBenchRow(name, actors, slices, wall, compute, pool_start)
 
 
+def first_slices(h5: Path, slices: int, folder: Path) -> Path:
+    """A copy of the k-space study ``h5`` with only its first ``slices`` slices."""
+    from services.recon.errors import InputError
+    from services.recon.io import KspaceVolume, read_input, write_kspace_h5
+
+    volume = read_input(h5)
+    if not isinstance(volume, KspaceVolume):
+        raise InputError(f"{h5.name}: the pipeline benchmark needs a k-space study")
+    if not 1 <= slices <= volume.kspace.shape[0]:
+        raise InputError(f"--slices must be 1..{volume.kspace.shape[0]}, got {slices}")
+    part = replace(volume, kspace=volume.kspace[:slices].copy(),
+                               mask=volume.mask[:slices].copy())
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_kspace_h5(folder / f"{h5.stem}-first{slices}{h5.suffix}", part)
+
+
 def run_bench(
     storage: Storage,
     settings: Settings,
@@ -164,6 +189,9 @@ def pipeline_command(
     ] = None,
     actors: Annotated[str, typer.Option(help="comma-separated actor counts")] = "1,2",
     repeats: Annotated[int, typer.Option(help="jobs per configuration")] = 2,
+    slices: Annotated[
+        int | None, typer.Option(help="use the sample study's first N slices (default all)")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write rows as JSON")] = None,
 ) -> None:
     """Slices/min through the whole pipeline (1 and 2 Ray actors) vs the core in one process."""
@@ -173,8 +201,10 @@ def pipeline_command(
     from rich.table import Table
 
     from pipelines.models import prior_path
+    from pipelines.options import JobOptions
     from services.commands.stack import ensure_stack
     from services.stack import demo as demo_flow
+    from services.storage.storage import Storage
 
     stack = ensure_stack()
     settings = stack.client_settings()
@@ -183,10 +213,13 @@ def pipeline_command(
         method = "diffusion" if prior_path(settings.prior_path).exists() else "zero-filled"
     options = JobOptions.parse({"method": method}, "--method")
     h5, _ = demo_flow.sample_data(settings.data_dir / "sample", print)
+    if slices is not None:
+        h5 = first_slices(h5, slices, settings.data_dir / "bench")
     counts = [int(item) for item in actors.split(",") if item.strip()]
     rows = run_bench(storage, settings, h5, options, counts, repeats,
                      on_job=lambda job: print(f"job {job} done"))
-    table = Table(title=f"mrdiff bench pipeline: sample study, method {method}, {repeats} job(s)"
+    study = "sample study" if slices is None else f"sample study, first {slices} slice(s)"
+    table = Table(title=f"mrdiff bench pipeline: {study}, method {method}, {repeats} job(s)"
                         " per row (research use only, not for diagnosis)")
     for column in ("configuration", "slices", "wall s", "compute s", "slices/min", "overhead",
                    "pool start s"):

@@ -215,7 +215,10 @@ def export_classifier_command(
         f"{exported.size_bytes / 1e6:.2f} MB, {exported.step} steps",
         f"- architecture: {loaded.config.to_dict()}",
         "- trained on: slice-bank magnitudes (zero phase, p99 = 1), each slice healthy and with a "
-        "training-family lesion, t uniform over the cosine schedule (T = 1000)",
+        "training-family lesion, both noised to the same t with the same noise; t = floor(1000 "
+        "u^2), u uniform (every level, low noise more often); cosine schedule (T = 1000); loss: "
+        "image cross-entropy + class-balanced cross-entropy of the evidence map against the "
+        "lesion masks",
         "- validation = validation split + training-family lesions; evaluation = evaluation split "
         "+ held-out lesion family (never trained on)",
     ]
@@ -262,6 +265,12 @@ def tune_anomaly_command(
     classifier: ClassifierOption = None,
     steps: Annotated[int, typer.Option(help="DDIM steps between 0 and L")] = 25,
     batch: Annotated[int, typer.Option(help="slices per batch")] = 8,
+    levels: Annotated[
+        str | None, typer.Option(help="comma-separated L grid (default: the module's grid)")
+    ] = None,
+    scales: Annotated[
+        str | None, typer.Option(help="comma-separated s grid for guided (default: module's)")
+    ] = None,
 ) -> None:
     """Choose L, s and smoothing on the VALIDATION split (training-family lesions); store them."""
     from services.bench import anomaly as bench
@@ -272,18 +281,35 @@ def tune_anomaly_command(
     cases = bench.build_cases("validation", max_slices)
     prior = load_prior(weights) if set(chosen_methods) - {"zscore"} else None
     loaded = load_classifier(classifier) if "guided" in chosen_methods else None
+    level_grid = _grid(levels, bench.L_GRID, int)
+    scale_grid = _grid(scales, bench.S_GRID, float)
     chosen: dict[str, bench.TuningResult] = {}
     for method in chosen_methods:
         base = AnomalyConfig(method=method, steps=steps)
-        result = bench.tune_method(prior, loaded, method, cases, base, batch=batch)
+        result = bench.tune_method(
+            prior, loaded, method, cases, base, level_grid, scale_grid, batch=batch
+        )
         chosen[method] = result
         typer.echo(
             f"{method}: L={result.config.noise_level} s={result.config.scale} "
             f"smoothing={result.config.smoothing_px} (validation AUROC {result.auroc_head:.3f}, "
             f"Dice {result.dice_otsu:.3f}, {result.tried} settings)"
         )
-    bench.save_defaults(chosen, prior, loaded)
+    bench.save_defaults(chosen, prior, loaded, grid={"L": level_grid, "s": scale_grid})
     typer.echo(f"stored in {bench.DEFAULTS_FILE}")
+
+
+def _grid(text: str | None, default: tuple[Any, ...], kind: type) -> list[Any]:
+    """A comma-separated grid option, or the default grid."""
+    if text is None:
+        return list(default)
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise InputError(f"bad grid {text!r}: {error}") from error
+    if not values:
+        raise InputError(f"empty grid {text!r}")
+    return values
 
 
 def bench_anomaly_command(

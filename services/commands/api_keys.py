@@ -9,7 +9,6 @@ from rich.console import Console
 from rich.table import Table
 
 from services.api.auth import ApiKeyStore
-from services.api.config import ApiConfig
 from services.settings import get_settings
 
 api_key_app = typer.Typer(
@@ -20,8 +19,7 @@ api_key_app = typer.Typer(
 def key_store() -> ApiKeyStore:
     """The key store the API of these settings reads."""
     settings = get_settings()
-    config = ApiConfig.from_settings(settings)
-    return ApiKeyStore(config.api_keys_file, settings.api_pepper.get_secret_value())
+    return ApiKeyStore(settings.api_keys_path, settings.api_pepper.get_secret_value())
 
 
 @api_key_app.command("create")

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.bench import recon as recon_bench
+from services.bench.pipeline import register_bench as register_pipeline_bench
 from services.commands.recon import progress_bar
 from services.recon.engine import ReconEngine
 from services.recon.errors import InputError
@@ -99,6 +100,9 @@ def bench_recon(
     warm_start: Annotated[
         int | None, typer.Option(help="override the warm-start step of the warm variants")
     ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="prior weights (default: the shipped prior)")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write rows as JSON")] = None,
 ) -> None:
     """Reconstruction quality and speed on the evaluation split (lambdas from validation)."""
@@ -110,9 +114,9 @@ def bench_recon(
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     if any(m in recon_bench.CS_METHODS for m in chosen) and not recon_bench.load_lambdas():
         raise InputError("no CS lambdas chosen yet; run `mrdiff bench tune-cs` first")
-    engine = ReconEngine()
+    engine = ReconEngine(prior_path=weights)
     with progress_bar() as bar:
-        task = bar.add_task("evaluation split", total=None)
+        task = bar.add_task(f"{split} split", total=None)
         rows = recon_bench.bench_recon(
             engine,
             chosen,
@@ -127,6 +131,9 @@ def bench_recon(
     typer.echo(f"peak RSS: {recon_bench.peak_rss_mb():.0f} MB")
     if json_out is not None:
         json_out.write_text(json.dumps([row._asdict() for row in rows], indent=2) + "\n")
+
+
+register_pipeline_bench(bench_app)  # `mrdiff bench pipeline`
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from services.recon.engine import (
+    ANOMALY_METHODS,
     METHODS,
     WARM_START_SOURCES,
     ReconEngine,
@@ -76,7 +77,14 @@ def reconstruct(
     warm_start_from: Annotated[
         str, typer.Option(help=f"warm start estimate: {', '.join(WARM_START_SOURCES)}")
     ] = "zero-filled",
-    anomaly: Annotated[bool, typer.Option(help="also compute the anomaly map")] = False,
+    anomaly: Annotated[
+        bool,
+        typer.Option(help="also write anomaly_map, healthy, anomaly_mask of the reconstruction"),
+    ] = False,
+    anomaly_method: Annotated[
+        str, typer.Option(help=f"anomaly method: {', '.join(ANOMALY_METHODS)}")
+    ] = "guided",
+    classifier: Annotated[Path | None, typer.Option(help="anomaly classifier weights file")] = None,
     mask: MaskOption = None,
     accel: AccelOption = 4.0,
     center_fraction: CenterOption = 0.08,
@@ -97,24 +105,35 @@ def reconstruct(
         warm_start_from=warm_start_from,
         lam=lam,
         anomaly=anomaly,
+        anomaly_method=anomaly_method,
     ).validated()
     retro = RetrospectiveOptions(mask or "random1d", accel, center_fraction, seed, snr).validated()
     volume = measured_kspace(read_input(input_path), retro, mask is not None)
-    engine = ReconEngine(prior_path=weights)
+    engine = ReconEngine(prior_path=weights, classifier_path=classifier)
     with progress_bar() as bar:
         task = bar.add_task(f"{method} reconstruction", total=volume.kspace.shape[0])
         result = engine.reconstruct_volume(
             volume, options, on_slice=lambda done, _: bar.update(task, completed=done)
         )
+        maps = None
+        if anomaly:
+            # Anomaly maps of the reconstruction itself (Wolleb et al. 2022), same output file.
+            map_task = bar.add_task("anomaly maps", total=result.reconstruction.shape[0])
+            maps = engine.anomaly_volume(
+                result.reconstruction,
+                options,
+                on_slice=lambda done, _: bar.update(map_task, completed=done),
+            )
     if result.attrs["warnings"]:
         log.warning("input outside the prior's training range: %s", result.attrs["warnings"])
-    attrs = {**volume.attrs, **result.attrs}
+    attrs = {**volume.attrs, **result.attrs, **(maps.attrs if maps else {})}
     write_reconstruction_h5(
         out,
         result.reconstruction,
         result.mask,
         attrs,
         variance=result.variance,
+        extra=maps.datasets if maps else None,
         overwrite=overwrite,
     )
     typer.echo(f"wrote {out} ({result.reconstruction.shape[0]} slices, {attrs['seconds']:.1f} s)")

@@ -97,7 +97,7 @@ def default_config(
 ) -> AnomalyConfig:
     """``method``'s knobs as chosen on validation (built-in values before any tuning)."""
     chosen = load_defaults(path).get("methods", {}).get(method, {})
-    known = {f.name for f in fields(AnomalyConfig)}
+    known = {f.name for f in fields(AnomalyConfig)} - {"method", "seed"}
     values = {key: value for key, value in chosen.items() if key in known}
     return replace(AnomalyConfig(method=method), **values, method=method, seed=seed).validated()
 

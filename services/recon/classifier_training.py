@@ -17,17 +17,14 @@ autocast and channels_last on CPU; export of the EMA weights with a ``.sha256`` 
 from __future__ import annotations
 
 import csv
-import os
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from services.recon.classifier import (
@@ -44,24 +41,22 @@ from services.recon.data.lesions import TRAINING_FAMILY, LesionFamily, insert_le
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
 from services.recon.metrics import auroc
-from services.recon.prior import RESEARCH_USE_ONLY, pick_device, sha256_of
+from services.recon.prior import RESEARCH_USE_ONLY, pick_device
 from services.recon.training import (
-    CHECKPOINT_DIR,
     LOSS_LOG,
     ExportedWeights,
     StepLog,
+    StepRecorder,
     TrainResult,
     TrainSettings,
-    _atomic_torch_save,
+    TrainState,
     _autocast,
-    _ema_decay,
-    _prune_checkpoints,
     _step_generator,
     _truncate_loss_log,
     default_threads,
     latest_checkpoint,
     open_bank,
-    update_ema,
+    write_weights,
 )
 
 DEFAULT_CONFIG = ClassifierConfig(channels=(16, 32, 64, 128))
@@ -184,10 +179,9 @@ def classifier_loss(
 ) -> tuple[Tensor, Tensor]:
     """Cross-entropy of healthy vs lesion on ``x_t``; returns (loss, image logits), float32.
 
-    With ``masks`` ``(B, h, w)`` the evidence map is also supervised: each evidence cell's target
-    is whether it covers any lesion pixel (binary cross-entropy, weight ``dense_weight``). The
-    exact masks give thousands of labels per image instead of one, which is what makes this
-    small classifier learn on a shared CPU (image labels alone barely moved in 4,000 steps).
+    With ``masks`` ``(B, h, w)`` the evidence map is also supervised (weight ``dense_weight``):
+    each evidence cell's target is whether it covers any lesion pixel, see
+    :func:`dense_evidence_loss`.
     """
     x_t = schedule.q_sample(x0, t, noise).contiguous(memory_format=torch.channels_last)
     with _autocast(x0.device, bf16):
@@ -196,9 +190,27 @@ def classifier_loss(
     logits = model.pool(evidence)
     loss = F.binary_cross_entropy_with_logits(logits, labels.float())
     if masks is not None and dense_weight > 0:
-        cells = F.adaptive_max_pool2d(masks[:, None].float(), evidence.shape[-2:])
-        loss = loss + dense_weight * F.binary_cross_entropy_with_logits(evidence, cells)
+        loss = loss + dense_weight * dense_evidence_loss(evidence, masks)
     return loss, logits
+
+
+def dense_evidence_loss(evidence: Tensor, masks: Tensor) -> Tensor:
+    """Class-balanced binary cross-entropy of the evidence map ``(B, 1, h, w)`` against masks.
+
+    A cell's target is 1 when it covers any lesion pixel of ``masks`` ``(B, H, W)``. Lesion cells
+    are about 1% of all cells, so a plain mean is satisfied by calling every cell healthy and
+    the few lesion cells get almost no gradient (the first classifier runs stayed near chance,
+    even on their own training crops); the mean over lesion cells and the mean over healthy
+    cells are therefore weighted equally. Without any lesion cell in the batch only the
+    healthy term remains.
+    """
+    cells = F.adaptive_max_pool2d(masks[:, None].float(), evidence.shape[-2:])
+    per_cell = F.binary_cross_entropy_with_logits(evidence, cells, reduction="none")
+    positive = cells.sum()
+    negative = cells.numel() - positive
+    healthy_term = (per_cell * (1 - cells)).sum() / negative.clamp_min(1)
+    lesion_term = (per_cell * cells).sum() / positive.clamp_min(1)
+    return healthy_term + lesion_term
 
 
 def paired_noise(
@@ -220,8 +232,8 @@ def paired_noise(
     return t, noise
 
 
-class _ClassifierRun:
-    """Model, EMA, optimiser and step of a classifier run, with checkpoint save/load."""
+class _ClassifierRun(TrainState):
+    """The classifier's run: a :class:`NoiseAwareClassifier`, its EMA copy and the crop size."""
 
     def __init__(
         self,
@@ -233,45 +245,26 @@ class _ClassifierRun:
         torch.manual_seed(settings.seed)
         self.config = config
         self.crop = crop
-        self.model = classifier_to_device(NoiseAwareClassifier(config), device)
-        self.ema_model = classifier_to_device(NoiseAwareClassifier(config), device)
-        self.ema_model.load_state_dict(self.model.state_dict())
-        self.ema_model.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-        )
-        self.step = 0
-
-    def save(self, path: Path, settings: TrainSettings, schedule: DiffusionSchedule) -> None:
-        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        _atomic_torch_save(
-            {
-                "kind": "classifier",
-                "step": self.step,
-                "model": self.model.state_dict(),
-                "ema": self.ema_model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "rng": rng,
-                "classifier_config": self.config.to_dict(),
-                "crop": self.crop if self.crop is not None else 0,
-                "settings": asdict(settings),
-                "schedule": schedule.to_dict(),
-            },
-            path,
+        super().__init__(
+            classifier_to_device(NoiseAwareClassifier(config), device),
+            classifier_to_device(NoiseAwareClassifier(config), device),
+            settings,
         )
 
-    def load(self, payload: dict[str, Any], lr: float) -> None:
-        self.model.load_state_dict(payload["model"])
-        self.ema_model.load_state_dict(payload["ema"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.step = int(payload["step"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        if "cuda" in payload["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    @property
+    def classifier(self) -> NoiseAwareClassifier:
+        """The trained (non-EMA) network, typed."""
+        assert isinstance(self.model, NoiseAwareClassifier)
+        return self.model
+
+    def checkpoint_extra(self, schedule: DiffusionSchedule) -> dict[str, Any]:
+        """What a classifier checkpoint holds beyond :meth:`TrainState.save`'s fields."""
+        return {
+            "kind": "classifier",
+            "classifier_config": self.config.to_dict(),
+            "crop": self.crop if self.crop is not None else 0,
+            "schedule": schedule.to_dict(),
+        }
 
 
 def read_classifier_checkpoint(path: Path) -> dict[str, Any]:
@@ -299,8 +292,10 @@ def iter_train_classifier(
 
     ``healthy`` yields float32 ``(2, H, W)`` lesion-free slices (a slice bank); ``crop`` is the
     training window (``None``: whole slices). With ``resume`` the latest checkpoint in
-    ``run_dir`` continues (its architecture wins; a conflicting ``config`` or ``crop`` is an
-    error); without it a run folder holding checkpoints is refused.
+    ``run_dir`` continues (its architecture wins; a conflicting ``config`` is an error); the crop
+    may change on resume, so a run can start on cheap crops around the lesions and finish on
+    whole slices (what the anomaly maps feed it; each checkpoint records the crop it used);
+    without ``resume`` a run folder holding checkpoints is refused.
     """
     settings.validate()
     run_path = Path(run_dir)
@@ -316,8 +311,6 @@ def iter_train_classifier(
         saved = ClassifierConfig.from_dict(payload["classifier_config"])
         if config is not None and config != saved:
             raise InputError(f"classifier config differs from the checkpoint in {run_path}")
-        if int(payload.get("crop", 0)) != (crop or 0):
-            raise InputError(f"crop {crop} differs from the checkpoint in {run_path}")
         config = saved
     state = _ClassifierRun(config or DEFAULT_CONFIG, settings, target, crop)
     if payload is not None:
@@ -338,13 +331,16 @@ def iter_train_classifier(
         num_workers=settings.workers,
         persistent_workers=False,
     )
+    extra = state.checkpoint_extra(schedule)
     new_log = not log_path.is_file()
     with log_path.open("a", newline="") as log_handle:
         log = csv.writer(log_handle)
         if new_log:
             log.writerow(["step", "loss", "seconds", "accuracy"])
+        recorder = StepRecorder(
+            log, log_handle, run_path, settings, lambda path: state.save(path, settings, extra)
+        )
         state.model.train()
-        started = time.perf_counter()
         for pairs_batch, pair_labels, pair_masks in loader:
             images = pairs_batch.flatten(0, 1)
             labels = pair_labels.flatten()
@@ -355,7 +351,7 @@ def iter_train_classifier(
             )
             images, labels, masks = images.to(target), labels.to(target), masks.to(target)
             loss, logits = classifier_loss(
-                state.model,
+                state.classifier,
                 schedule,
                 images,
                 labels,
@@ -364,26 +360,9 @@ def iter_train_classifier(
                 settings.bf16,
                 masks=masks,
             )
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip > 0:
-                nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
-            state.optimizer.step()
-            update_ema(state.ema_model, state.model, _ema_decay(settings.ema, state.step))
-            state.step += 1
-            loss_value = float(loss.detach())
-            if not np.isfinite(loss_value):
-                raise RuntimeError(f"classifier training diverged at step {state.step}")
+            loss_value = state.optimise(loss, settings)
             accuracy = float(((logits.detach() > 0).long() == labels).float().mean())
-            now = time.perf_counter()
-            seconds, started = now - started, now
-            log.writerow([state.step, f"{loss_value:.6f}", f"{seconds:.3f}", f"{accuracy:.3f}"])
-            log_handle.flush()
-            if state.step % settings.checkpoint_every == 0 or state.step == settings.steps:
-                path = run_path / CHECKPOINT_DIR / f"step_{state.step:08d}.pt"
-                state.save(path, settings, schedule)
-                _prune_checkpoints(run_path, settings.keep_checkpoints)
-            yield StepLog(state.step, settings.steps, loss_value, seconds)
+            yield recorder.record(state.step, loss_value, (f"{accuracy:.3f}",))
 
 
 def train_classifier(
@@ -467,14 +446,7 @@ def export_classifier(
         "lesion_family": TRAINING_FAMILY.name,
         "research_use_only": RESEARCH_USE_ONLY,
     }
-    out = Path(out_path)
-    _atomic_torch_save(weights, out)
-    digest = sha256_of(out)
-    sidecar = out.with_name(out.name + ".sha256")
-    temporary = sidecar.with_name(f".{sidecar.name}.tmp")
-    temporary.write_text(f"{digest}  {out.name}\n")
-    os.replace(temporary, sidecar)
-    return ExportedWeights(path=out, sha256=digest, step=step, size_bytes=out.stat().st_size)
+    return write_weights(weights, out_path)
 
 
 class NoiseLevelAccuracy(NamedTuple):

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -20,9 +20,14 @@ from services.recon.errors import InputError
 from services.recon.io import ImageVolume, KspaceVolume
 from services.recon.masks import MASK_KINDS, make_mask
 
+if TYPE_CHECKING:
+    from services.recon.anomaly import AnomalyDetector, AnomalyResult
+
 RESEARCH_USE_ONLY = "research use only, not for diagnosis"
 METHODS = ("diffusion", "zero-filled", "cs-l1", "cs-tv")
 WARM_START_SOURCES = ("zero-filled", "cs-l1", "cs-tv")
+ANOMALY_METHODS = ("guided", "unguided", "zscore")
+"""Same names as :data:`services.recon.anomaly.METHODS` (kept here so importing is cheap)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class ReconOptions:
     lam: float | None = None
     cs_iterations: int = 100
     anomaly: bool = False
+    anomaly_method: str = "guided"
 
     def validated(self) -> ReconOptions:
         """Return self, or raise :class:`InputError` naming the first bad option."""
@@ -61,6 +67,11 @@ class ReconOptions:
             )
         if self.lam is not None and not self.lam > 0:
             raise InputError(f"lam must be positive, got {self.lam}")
+        if self.anomaly_method not in ANOMALY_METHODS:
+            raise InputError(
+                f"unknown anomaly method {self.anomaly_method!r}; "
+                f"choose one of {', '.join(ANOMALY_METHODS)}"
+            )
         return self
 
 
@@ -105,19 +116,35 @@ class VolumeResult(NamedTuple):
     attrs: dict[str, Any]
 
 
+class AnomalyVolume(NamedTuple):
+    """Anomaly maps of a volume: ``anomaly_map``/``healthy``/``anomaly_mask`` (S, H, W), attrs."""
+
+    datasets: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+
+
 class ReconEngine:
-    """Holds the models and reconstructs slices; safe to build once per worker process."""
+    """Holds the models and reconstructs slices; safe to build once per worker process.
+
+    Also makes anomaly maps (Wolleb et al. 2022, :mod:`services.recon.anomaly`) of magnitude
+    slices with the same prior plus the noise-aware classifier: :meth:`anomaly_slice` (one
+    slice, what the Ray workers call) and :meth:`anomaly_volume`.
+    """
 
     def __init__(
         self,
         prior_path: str | Path | None = None,
         device: str | None = None,
         threads: int | None = None,
+        classifier_path: str | Path | None = None,
     ) -> None:
         self._prior_path = prior_path
         self._device = device
         self._threads = threads
         self._prior: Any = None
+        self._classifier_path = classifier_path
+        self._classifier: Any = None
+        self._detectors: dict[str, AnomalyDetector] = {}
         if threads:
             import torch
 
@@ -139,9 +166,84 @@ class ReconEngine:
             self._prior = load_prior(self._prior_path, device=self._device)
         return self._prior
 
+    @property
+    def classifier(self) -> Any:
+        """The anomaly maps' noise-aware classifier, loaded on first use."""
+        if self._classifier is None:
+            from services.recon.classifier import load_classifier
+
+            self._classifier = load_classifier(self._classifier_path, device=self._device)
+        return self._classifier
+
     def model_versions(self) -> dict[str, str]:
         """Name -> sha256 of every model this engine has loaded or would load."""
-        return {self.prior.name: self.prior.sha256}
+        versions = {self.prior.name: self.prior.sha256}
+        if self._classifier is not None:
+            versions[self._classifier.name] = self._classifier.sha256
+        return versions
+
+    def anomaly_detector(self, method: str = "guided", seed: int = 0) -> AnomalyDetector:
+        """A detector for ``method`` with the knobs chosen on validation (built once per method).
+
+        The maps are deterministic (DDIM, eta = 0); ``seed`` is only recorded.
+        """
+        from dataclasses import replace as replace_config
+
+        from services.recon.anomaly import AnomalyDetector, default_config
+
+        detector = self._detectors.get(method)
+        if detector is None:
+            config = default_config(method)
+            prior = self.prior if method != "zscore" else None
+            classifier = self.classifier if method == "guided" else None
+            detector = AnomalyDetector(prior, classifier, config)
+            self._detectors[method] = detector
+        if detector.config.seed != seed:
+            detector = AnomalyDetector(
+                detector.prior, detector.classifier, replace_config(detector.config, seed=seed)
+            )
+        return detector
+
+    def anomaly_slice(
+        self, image: np.ndarray, options: ReconOptions | None = None
+    ) -> AnomalyResult:
+        """Anomaly map of one magnitude slice ``(H, W)`` (e.g. a reconstruction).
+
+        ``options`` supplies ``anomaly_method`` and ``seed``; returns an
+        :class:`~services.recon.anomaly.AnomalyResult` (``anomaly_map``, ``healthy``,
+        ``anomaly_mask``, ``seconds``) in the input's shape and units.
+        """
+        options = (options or ReconOptions()).validated()
+        detector = self.anomaly_detector(options.anomaly_method, options.seed)
+        return detector.detect(np.abs(np.asarray(image)))
+
+    def anomaly_volume(
+        self,
+        images: np.ndarray,
+        options: ReconOptions | None = None,
+        batch: int = 4,
+        on_slice: Callable[[int, int], None] | None = None,
+    ) -> AnomalyVolume:
+        """Anomaly maps of magnitude slices ``(S, H, W)`` in batches, with output attributes."""
+        from services.recon.anomaly import stack_results
+
+        options = (options or ReconOptions()).validated()
+        detector = self.anomaly_detector(options.anomaly_method, options.seed)
+        magnitudes = np.abs(np.asarray(images))
+        if magnitudes.ndim != 3:
+            raise InputError(f"anomaly maps take (slices, H, W) images, got {magnitudes.shape}")
+        started = time.perf_counter()
+        results: list[AnomalyResult] = []
+        total = magnitudes.shape[0]
+        for start in range(0, total, max(1, batch)):
+            results.extend(detector.detect_batch(magnitudes[start : start + max(1, batch)]))
+            if on_slice is not None:
+                on_slice(len(results), total)
+        attrs: dict[str, Any] = {
+            **detector.attributes(),
+            "anomaly_seconds": time.perf_counter() - started,
+        }
+        return AnomalyVolume(stack_results(results), attrs)
 
     def reconstruct_slice(
         self,

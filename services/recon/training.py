@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -200,16 +201,16 @@ def _ema_decay(target: float, step: int) -> float:
     return min(target, (1 + step) / (10 + step))
 
 
-class _RunState:
-    """Model, EMA, optimiser and step of a run, with checkpoint save/load."""
+class TrainState:
+    """Model, EMA copy, AdamW optimiser and step of a run; one optimisation step; checkpoints.
 
-    def __init__(
-        self, unet_config: UNetConfig, settings: TrainSettings, device: torch.device
-    ) -> None:
-        torch.manual_seed(settings.seed)
-        self.unet_config = unet_config
-        self.model = to_device(UNet(unet_config), device)
-        self.ema_model = to_device(UNet(unet_config), device)
+    Shared by the prior (:func:`iter_train`) and the anomaly classifier
+    (:mod:`services.recon.classifier_training`): subclasses only build their networks.
+    """
+
+    def __init__(self, model: nn.Module, ema_model: nn.Module, settings: TrainSettings) -> None:
+        self.model = model
+        self.ema_model = ema_model
         self.ema_model.load_state_dict(self.model.state_dict())
         self.ema_model.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
@@ -220,25 +221,40 @@ class _RunState:
         )
         self.step = 0
 
-    def save(self, path: Path, settings: TrainSettings, schedule: DiffusionSchedule) -> None:
+    def optimise(self, loss: Tensor, settings: TrainSettings) -> float:
+        """Backpropagate ``loss``, clip, step the optimiser and the EMA; returns the loss value."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
+        self.optimizer.step()
+        update_ema(self.ema_model, self.model, _ema_decay(settings.ema, self.step))
+        self.step += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise RuntimeError(f"training diverged at step {self.step}: loss {value}")
+        return value
+
+    def save(self, path: Path, settings: TrainSettings, extra: dict[str, Any]) -> None:
+        """Checkpoint model, EMA, optimiser, step, RNG states, settings and ``extra``."""
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         _atomic_torch_save(
             {
+                **extra,
                 "step": self.step,
                 "model": self.model.state_dict(),
                 "ema": self.ema_model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "rng": rng,
-                "unet_config": self.unet_config.to_dict(),
                 "settings": asdict(settings),
-                "schedule": schedule.to_dict(),
             },
             path,
         )
 
     def load(self, payload: dict[str, Any], lr: float) -> None:
+        """Continue from a checkpoint written by :meth:`save` (with learning rate ``lr``)."""
         self.model.load_state_dict(payload["model"])
         self.ema_model.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -248,6 +264,49 @@ class _RunState:
         torch.set_rng_state(payload["rng"]["torch"])
         if "cuda" in payload["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+
+
+class _RunState(TrainState):
+    """The prior's run: a UNet and its EMA copy."""
+
+    def __init__(
+        self, unet_config: UNetConfig, settings: TrainSettings, device: torch.device
+    ) -> None:
+        torch.manual_seed(settings.seed)
+        self.unet_config = unet_config
+        super().__init__(
+            to_device(UNet(unet_config), device), to_device(UNet(unet_config), device), settings
+        )
+
+
+class StepRecorder:
+    """``loss.csv`` rows, step timing and checkpoints every ``checkpoint_every`` steps.
+
+    ``save(path)`` writes a checkpoint; older checkpoints beyond ``keep_checkpoints`` are pruned.
+    """
+
+    def __init__(
+        self,
+        writer: Any,
+        handle: Any,
+        run_path: Path,
+        settings: TrainSettings,
+        save: Callable[[Path], None],
+    ) -> None:
+        self.writer, self.handle = writer, handle
+        self.run_path, self.settings, self.save = run_path, settings, save
+        self.started = time.perf_counter()
+
+    def record(self, step: int, loss: float, extra: tuple[str, ...] = ()) -> StepLog:
+        """Log step ``step`` (checkpointing when due) and return its :class:`StepLog`."""
+        now = time.perf_counter()
+        seconds, self.started = now - self.started, now
+        self.writer.writerow([step, f"{loss:.6f}", f"{seconds:.3f}", *extra])
+        self.handle.flush()
+        if step % self.settings.checkpoint_every == 0 or step == self.settings.steps:
+            self.save(self.run_path / CHECKPOINT_DIR / f"step_{step:08d}.pt")
+            _prune_checkpoints(self.run_path, self.settings.keep_checkpoints)
+        return StepLog(step, self.settings.steps, loss, seconds)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -334,13 +393,16 @@ def iter_train(
         num_workers=settings.workers,
         pin_memory=target.type == "cuda",
     )
+    extra = {"unet_config": state.unet_config.to_dict(), "schedule": schedule.to_dict()}
     new_log = not log_path.is_file()
     with log_path.open("a", newline="") as log_handle:
         log = csv.writer(log_handle)
         if new_log:
             log.writerow(["step", "loss", "seconds"])
+        recorder = StepRecorder(
+            log, log_handle, run_path, settings, lambda path: state.save(path, settings, extra)
+        )
         state.model.train()
-        started = time.perf_counter()
         for images in loader:
             generator = _step_generator(settings.seed + 1, state.step)
             x0 = to_prior_intensity(images.float())
@@ -349,27 +411,8 @@ def iter_train(
             x0, t, noise = x0.to(target), t.to(target), noise.to(target)
 
             loss = diffusion_loss(state.model, schedule, x0, t, noise, settings.bf16)
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip > 0:
-                nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
-            state.optimizer.step()
-            update_ema(state.ema_model, state.model, _ema_decay(settings.ema, state.step))
-            state.step += 1
-
-            loss_value = float(loss.detach())
-            if not torch.isfinite(loss.detach()):
-                raise RuntimeError(f"training diverged at step {state.step}: loss {loss_value}")
-            now = time.perf_counter()
-            seconds, started = now - started, now
-            log.writerow([state.step, f"{loss_value:.6f}", f"{seconds:.3f}"])
-            log_handle.flush()
-            if state.step % settings.checkpoint_every == 0 or state.step == settings.steps:
-                state.save(
-                    run_path / CHECKPOINT_DIR / f"step_{state.step:08d}.pt", settings, schedule
-                )
-                _prune_checkpoints(run_path, settings.keep_checkpoints)
-            yield StepLog(state.step, settings.steps, loss_value, seconds)
+            loss_value = state.optimise(loss, settings)
+            yield recorder.record(state.step, loss_value)
 
 
 def open_bank(bank_dir: str | Path) -> Dataset[Tensor]:
@@ -460,6 +503,11 @@ def export_weights(
         "step": step,
         "research_use_only": RESEARCH_USE_ONLY,
     }
+    return write_weights(weights, out_path)
+
+
+def write_weights(weights: dict[str, Any], out_path: str | Path) -> ExportedWeights:
+    """Write a weights payload atomically with a ``<file>.sha256`` sidecar beside it."""
     out = Path(out_path)
     _atomic_torch_save(weights, out)
     digest = sha256_of(out)
@@ -467,4 +515,5 @@ def export_weights(
     temporary = sidecar.with_name(f".{sidecar.name}.tmp")
     temporary.write_text(f"{digest}  {out.name}\n")
     os.replace(temporary, sidecar)
+    step = int(weights.get("step", 0))
     return ExportedWeights(path=out, sha256=digest, step=step, size_bytes=out.stat().st_size)

@@ -5,14 +5,16 @@ service is external (an S3 endpoint, Prefect API or Ray address that is not on l
 used as configured and not started here). To add a process, write its function and add it to
 :data:`COMPONENTS` (one line); its URLs are printed by ``mrdiff up`` and ``mrdiff status``.
 
-Everything binds 127.0.0.1. Ray's head listens for its own workers on further ports that Ray
-itself chooses; token authentication (a random token under the stack's folder) guards them.
+Everything binds 127.0.0.1 except Ray: Ray 2.60 registers the head under the machine's address
+and its GCS, raylet and agents listen on every interface (ports chosen in
+:mod:`services.stack.ray_head`); token authentication (a random token under the stack's folder)
+guards them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,18 +28,17 @@ from services.stack.process import (
     ProcessSpec,
     ReadyCheck,
     all_of,
+    console_script,
     http_json,
     http_ok,
     tcp_open,
 )
-from services.storage.local_server import free_port
+from services.stack.ray_head import RAY_OBJECT_STORE_BYTES, ray_head_spec, write_ray_token
 from services.storage.objects import make_minio_client
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 DEFAULT_PREFECT_PORT = 4200
 DEFAULT_RAY_PORT = 6379
-RAY_DASHBOARD_PORT = 8265
-RAY_OBJECT_STORE_BYTES = 512 * 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -98,8 +99,8 @@ class StackPlan:
 
     @property
     def ray_dashboard_port(self) -> int:
-        """``MRDIFF_RAY_DASHBOARD_PORT`` (8265 while Settings does not declare it)."""
-        return int(getattr(self.settings, "ray_dashboard_port", RAY_DASHBOARD_PORT))
+        """``MRDIFF_RAY_DASHBOARD_PORT``."""
+        return self.settings.ray_dashboard_port
 
     @property
     def ray_dashboard_url(self) -> str:
@@ -112,12 +113,7 @@ class StackPlan:
 
     def ensure_ray_token(self) -> Path:
         """The stack's Ray auth token file (created with a random token, mode 0600)."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        if not self.ray_token_path.exists():
-            descriptor = os.open(self.ray_token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as token:
-                token.write(secrets.token_hex(32))
-        return self.ray_token_path
+        return write_ray_token(self.ray_token_path)
 
     def environment(self) -> dict[str, str]:
         """Variables every stack process (and every client of the stack) runs with."""
@@ -153,11 +149,6 @@ def deployment_served(url: str, within_seconds: float = 60.0) -> ReadyCheck:
         return age.total_seconds() < within_seconds
 
     return check
-
-
-def _bin(name: str) -> str:
-    """A console script installed beside this interpreter (the project's venv)."""
-    return str(Path(sys.executable).with_name(name))
 
 
 # -- the processes --------------------------------------------------------------------------------
@@ -203,8 +194,8 @@ def prefect_server(plan: StackPlan) -> ProcessSpec | None:
     return ProcessSpec(
         name="prefect",
         argv=[
-            _bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
-            "--analytics-off",
+            console_script("prefect"), "server", "start", "--host", "127.0.0.1",
+            "--port", str(port), "--analytics-off",
         ],
         ready=http_ok(f"{plan.prefect_api_url}/health"),
         urls={"Prefect UI": plan.prefect_ui_url, "Prefect API": plan.prefect_api_url},
@@ -215,29 +206,21 @@ def prefect_server(plan: StackPlan) -> ProcessSpec | None:
 
 
 def ray_head(plan: StackPlan) -> ProcessSpec | None:
-    """A Ray head node (``ray start --head --block``) with its dashboard on loopback."""
+    """The stack's Ray head node (token auth) with its dashboard on loopback."""
     host, port = _host_port(plan.ray_address, DEFAULT_RAY_PORT)
     if not is_loopback(host):
         return None
     plan.ensure_ray_token()
-    cpus = plan.settings.ray_num_cpus or os.cpu_count() or 1
-    return ProcessSpec(
-        name="ray",
-        argv=[
-            _bin("ray"), "start", "--head", "--block", "--port", str(port),
-            "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus),
-            "--object-store-memory", str(RAY_OBJECT_STORE_BYTES),
-            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-            "--dashboard-port", str(plan.ray_dashboard_port), "--disable-usage-stats",
-            # Ray's fixed default (52365) collides with any other Ray on this machine.
-            "--dashboard-agent-listen-port", str(free_port()),
-            "--temp-dir", str(plan.ray_temp_dir),
-        ],
-        ready=all_of(tcp_open("127.0.0.1", port), http_ok(plan.ray_dashboard_url)),
-        urls={"Ray dashboard": plan.ray_dashboard_url, "Ray address": plan.ray_address},
-        ready_timeout=180.0,
-        stop_timeout=45.0,
-        ports=(port, plan.ray_dashboard_port),
+    spec = ray_head_spec(
+        port,
+        cpus=plan.settings.ray_num_cpus or os.cpu_count() or 1,
+        temp_dir=plan.ray_temp_dir,
+        log_dir=plan.log_dir,
+        object_store_bytes=RAY_OBJECT_STORE_BYTES,
+        dashboard_port=plan.ray_dashboard_port,
+    )
+    return dataclasses.replace(
+        spec, urls={"Ray dashboard": plan.ray_dashboard_url, "Ray address": plan.ray_address}
     )
 
 

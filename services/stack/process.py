@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ReadyCheck = Callable[[], bool]
+START_HEADER = "--- mrdiff up: starting"
+"""Written to a process's log before each start (see :func:`start_process`)."""
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxies
 
 
@@ -41,6 +44,8 @@ class ProcessSpec:
     stop_timeout: float = 30.0
     ports: tuple[int, ...] = ()
     """Loopback ports it listens on; taken ports make ``mrdiff up`` stop before starting it."""
+    start_attempts: int = 1
+    """Starts tried before giving up (for processes whose start is racy on a busy machine)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,8 @@ def start_process(
     log_path = log_dir / f"{spec.name}.log"
     env = {**os.environ, **spec.env}
     with log_path.open("ab") as log:
-        log.write(f"\n--- mrdiff up: starting {spec.name}: {' '.join(spec.argv)}\n".encode())
+        command = " ".join(spec.argv).replace("\n", "\\n")  # one line: see log_says
+        log.write(f"\n{START_HEADER} {spec.name}: {command}\n".encode())
         log.flush()
         popen = subprocess.Popen(
             list(spec.argv),
@@ -164,6 +170,35 @@ def wait_until_ready(
         f"{spec.name} not ready after {spec.ready_timeout:.0f} s; see {running.log}:\n"
         + log_tail(Path(running.log))
     )
+
+
+def start_until_ready(
+    spec: ProcessSpec,
+    log_dir: Path,
+    on_start: Callable[[RunningProcess, subprocess.Popen[bytes]], None] | None = None,
+    on_retry: Callable[[ProcessStartError], None] | None = None,
+) -> tuple[RunningProcess, subprocess.Popen[bytes]]:
+    """Start ``spec`` and wait until it is ready, up to ``spec.start_attempts`` times.
+
+    ``on_start`` hears of every process started (to record it before waiting); a failed
+    attempt is stopped before the next one, which ``on_retry`` hears of. Raises the last
+    :class:`ProcessStartError`.
+    """
+    attempts_left = max(1, spec.start_attempts)
+    while True:
+        attempts_left -= 1
+        running, popen = start_process(spec, log_dir)
+        if on_start is not None:
+            on_start(running, popen)
+        try:
+            wait_until_ready(spec, popen, running)
+            return running, popen
+        except ProcessStartError as error:
+            if attempts_left == 0:
+                raise
+            stop_process(running, spec.stop_timeout)
+            if on_retry is not None:
+                on_retry(error)
 
 
 def stop_process(process: RunningProcess, timeout: float = 30.0) -> None:
@@ -250,6 +285,29 @@ def tcp_open(host: str, port: int, timeout: float = 1.0) -> ReadyCheck:
                 return True
         except OSError:
             return False
+
+    return check
+
+
+def console_script(name: str) -> str:
+    """A console script installed beside this interpreter (the project's venv)."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def log_says(path: Path, text: str) -> ReadyCheck:
+    """A readiness check: ``text`` is in the log ``path`` since the process was last started.
+
+    Only the part after the last :data:`START_HEADER` counts, so a line from an earlier run in
+    the same (appended) log does not make a new start look ready.
+    """
+
+    def check() -> bool:
+        try:
+            log = path.read_text(errors="replace")
+        except OSError:
+            return False
+        since_start = log.rpartition(START_HEADER)[2].partition("\n")[2]  # not the argv
+        return text in since_start
 
     return check
 

@@ -8,6 +8,7 @@ way or a supervisor that was killed. A lock file serialises concurrent ``up``/``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -24,10 +25,9 @@ from services.stack.process import (
     RunningProcess,
     is_alive,
     log_tail,
-    start_process,
+    start_until_ready,
     stop_process,
     tcp_open,
-    wait_until_ready,
 )
 
 Echo = Callable[[str], None]
@@ -97,12 +97,7 @@ class Stack:
         found = [component(self.plan) for component in self.components]
         environment = self.plan.environment()
         return [
-            ProcessSpec(
-                name=spec.name, argv=spec.argv, ready=spec.ready, urls=spec.urls,
-                env={**environment, **spec.env}, cwd=spec.cwd,
-                ready_timeout=spec.ready_timeout, stop_timeout=spec.stop_timeout,
-                ports=spec.ports,
-            )
+            dataclasses.replace(spec, env={**environment, **spec.env})
             for spec in found
             if spec is not None
         ]
@@ -126,13 +121,22 @@ class Stack:
                     )
                 echo(f"starting {spec.name} ...")
                 clock = time.monotonic()
-                running, popen = start_process(spec, self.plan.log_dir)
-                self._children.append(popen)
-                processes.append(running)
-                started.append(running)
-                self._record(processes)
+
+                def record(running: RunningProcess, popen: object) -> None:
+                    """Record each attempt before waiting on it, so `down` can stop it."""
+                    for stale in [p for p in started if p.name == running.name]:
+                        processes.remove(stale)
+                        started.remove(stale)
+                    self._children.append(popen)
+                    processes.append(running)
+                    started.append(running)
+                    self._record(processes)
+
+                def retry(error: ProcessStartError, name: str = spec.name) -> None:
+                    echo(f"{name} did not start ({str(error).splitlines()[0]}); trying again")
+
                 try:
-                    wait_until_ready(spec, popen, running)
+                    start_until_ready(spec, self.plan.log_dir, on_start=record, on_retry=retry)
                 except ProcessStartError as error:
                     echo(f"{spec.name} failed; stopping what this command started")
                     for process in reversed(started):

@@ -14,6 +14,7 @@ from services.storage.errors import (
 )
 from services.storage.hashing import processing_key, sha256_stream
 from services.storage.inbox import InboxListing, QuarantinedObject, RawObject
+from services.storage.job_queries import JobCounts, JobPage
 from services.storage.jobs import CreatedJob, JobRecord, JobState, JobStore
 from services.storage.keys import RawKey, new_job_id, parse_raw_key
 from services.storage.objects import ObjectInfo, ObjectStore
@@ -26,6 +27,8 @@ __all__ = [
     "CreatedJob",
     "InboxListing",
     "InvalidTransitionError",
+    "JobCounts",
+    "JobPage",
     "JobRecord",
     "JobState",
     "JobStore",

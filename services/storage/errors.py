@@ -24,6 +24,11 @@ class ObjectNotFoundError(StorageError, KeyError):
         return str(self.args[0])
 
 
+class TornReadError(StorageError):
+    """A read returned content that does not match the object's ETag (it was being replaced);
+    transient: reading again gives the whole of one version."""
+
+
 class ConflictError(StorageError):
     """A write lost a race or would replace data it was not allowed to replace."""
 

@@ -97,6 +97,7 @@ class JobRecord:
     timings: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None
     artefacts: tuple[str, ...] = ()
+    purged_at: datetime | None = None
 
     def with_state(self, state: JobState, **changes: Any) -> JobRecord:
         """A copy in ``state`` (with start/finish times set); InvalidTransitionError if illegal."""
@@ -134,6 +135,7 @@ class JobRecord:
             "timings": dict(self.timings),
             "error": self.error,
             "artefacts": list(self.artefacts),
+            "purged_at": _iso(self.purged_at),
             "research_use_only": RESEARCH_USE_ONLY,
         }
         return json.dumps(document, indent=1, sort_keys=True).encode("utf-8")
@@ -165,6 +167,7 @@ class JobRecord:
                 timings={k: float(v) for k, v in (document.get("timings") or {}).items()},
                 error=document.get("error"),
                 artefacts=tuple(document.get("artefacts") or ()),
+                purged_at=_parse_time(document.get("purged_at")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise StorageError(f"stored job record is not valid: {error}") from error
@@ -475,6 +478,17 @@ class JobStore:
             self._write_index(index_key, job_id)
             return record
 
+    def release_processing_key(self, tenant: str, processing_key: str, job_id: str) -> bool:
+        """Drop the index entry of ``processing_key`` if ``job_id`` owns it (after a purge, so
+        the same input is processed again); True when it was dropped."""
+        index_key = keys.processing_index_key(tenant, processing_key)
+        with self.mutex.hold(index_key):
+            data = self.store.find_bytes(self.bucket, index_key)
+            if data is None or _index_job_id(index_key, data) != job_id:
+                return False
+            self.store.delete(self.bucket, index_key)
+            return True
+
     # -- index objects ------------------------------------------------------------------------
     def _write_index(self, index_key: str, job_id: str) -> None:
         document = {"job_id": job_id, "written_at": utc_now().isoformat()}
@@ -486,8 +500,12 @@ class JobStore:
         data = self.store.find_bytes(self.bucket, index_key)
         if data is None:
             return None
-        try:
-            job_id = str(json.loads(data)["job_id"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise StorageError(f"index object {index_key} is not valid: {error}") from error
-        return self.find(tenant, job_id)
+        return self.find(tenant, _index_job_id(index_key, data))
+
+
+def _index_job_id(index_key: str, data: bytes) -> str:
+    """The job id an index object points at; StorageError if it is not an index object."""
+    try:
+        return str(json.loads(data)["job_id"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise StorageError(f"index object {index_key} is not valid: {error}") from error

@@ -5,12 +5,15 @@ Raw bucket (``settings.raw_bucket``): inputs as scanners, PACS bridges and uploa
     <tenant>/<study-or-upload>/<file...>     e.g. ``acme/study-17/series-3/knee.h5``
     <tenant>/<file>                          two segments: no study
     <file>                                   one segment: tenant ``default``
+    <tenant>/uploads/<folder>/<file...>       files the HTTP API stored and submitted itself
     <tenant>/_quarantine/<qid>/object/<rest> inputs taken out of the inbox, see ``quarantine``
     <tenant>/_quarantine/<qid>/reason.json   why, when, the original key and its sha256
 
 The first segment is the tenant. A second segment that starts with ``_`` (and a single-segment
 key that does) is reserved for mrdiff, and segments starting with ``.`` are hidden (temporary
-files of uploads in flight); neither is ever listed as a new input.
+files of uploads in flight); neither is ever listed as a new input. ``<tenant>/uploads/`` is the
+HTTP API's: every file there already has its job (with the options of its request), so the
+``ingest`` poller and the MinIO webhook leave it alone (:func:`is_ingest_input`).
 
 Results bucket (``settings.results_bucket``): everything mrdiff produces.
 
@@ -39,6 +42,8 @@ from services.recon.errors import InputError
 DEFAULT_TENANT = "default"
 JOB_RECORD_NAME = "job.json"
 QUARANTINE_SEGMENT = "_quarantine"
+API_UPLOADS_SEGMENT = "uploads"
+"""The folder below a tenant where the HTTP API stores the raw files it submits itself."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ARTEFACT_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}$")
@@ -139,6 +144,24 @@ def is_reserved_raw_key(parsed: RawKey) -> bool:
     first_below_tenant = parsed.relative.split("/", 1)[0]
     hidden = any(segment.startswith(".") for segment in parsed.key.split("/"))
     return first_below_tenant.startswith("_") or hidden
+
+
+def is_ingest_input(key: str | RawKey) -> bool:
+    """True for raw keys that ``ingest`` and the MinIO webhook may start jobs for.
+
+    False for unusable keys, mrdiff's own folders and hidden names (:func:`is_reserved_raw_key`:
+    quarantine, staging, locks, uploads in flight) and the HTTP API's uploads
+    (``<tenant>/uploads/...``), which were submitted when they arrived: a poll would otherwise
+    make a second job for each, with the folder's default options instead of the request's.
+    """
+    if isinstance(key, RawKey):
+        parsed = key
+    else:
+        try:
+            parsed = parse_raw_key(key)
+        except InputError:
+            return False
+    return not is_reserved_raw_key(parsed) and parsed.study != API_UPLOADS_SEGMENT
 
 
 def quarantine_prefix(tenant: str, quarantine_id: str) -> str:

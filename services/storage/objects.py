@@ -7,13 +7,16 @@ the :class:`~services.storage.retry.RetryPolicy`, client errors are not. A missi
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, TypeVar
+from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
@@ -22,11 +25,12 @@ from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
 from services.settings import Settings
-from services.storage.errors import ObjectNotFoundError, StorageError
+from services.storage.errors import ObjectNotFoundError, StorageError, TornReadError
 from services.storage.hashing import CHUNK_SIZE, sha256_chunks
 from services.storage.retry import RetryPolicy, call_with_retry
 
 T = TypeVar("T")
+_PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
 MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
 
 
@@ -40,8 +44,17 @@ class ObjectInfo(NamedTuple):
     content_type: str | None = None
 
 
-def make_minio_client(settings: Settings) -> Minio:
-    """A ``Minio`` client for ``settings``, with urllib3's own retries off (we retry ourselves)."""
+def make_minio_client(settings: Settings, *, public: bool = False) -> Minio:
+    """A ``Minio`` client for ``settings``, with urllib3's own retries off (we retry ourselves).
+
+    ``public=True`` gives a client for ``settings.s3_public_url``, used only to sign presigned
+    URLs for clients outside the services' network (signing is local: the region is set, so
+    the client never asks the server for it).
+    """
+    endpoint, secure = settings.s3_endpoint, settings.s3_secure
+    if public:
+        parts = urlsplit(settings.s3_public_url)
+        endpoint, secure = parts.netloc, parts.scheme == "https"
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=min(5.0, settings.s3_timeout_seconds),
                                 read=settings.s3_timeout_seconds),
@@ -49,10 +62,10 @@ def make_minio_client(settings: Settings) -> Minio:
         maxsize=16,
     )
     return Minio(
-        settings.s3_endpoint,
+        endpoint,
         access_key=settings.s3_access_key,
         secret_key=settings.s3_secret_key.get_secret_value(),
-        secure=settings.s3_secure,
+        secure=secure,
         region=settings.s3_region,
         http_client=http,
     )
@@ -63,11 +76,18 @@ def _is_missing(error: S3Error) -> bool:
 
 
 class ObjectStore:
-    """Typed S3 operations with retries; knows nothing of mrdiff's key layout."""
+    """Typed S3 operations with retries; knows nothing of mrdiff's key layout.
 
-    def __init__(self, client: Minio, retry: RetryPolicy | None = None) -> None:
+    ``presign_client`` signs presigned URLs (a client for the endpoint callers reach S3 at);
+    by default ``client`` does.
+    """
+
+    def __init__(
+        self, client: Minio, retry: RetryPolicy | None = None, presign_client: Minio | None = None
+    ) -> None:
         self.client = client
         self.retry = retry or RetryPolicy()
+        self.presign_client = presign_client or client
 
     def _call(self, description: str, operation: Callable[[], T]) -> T:
         return call_with_retry(operation, self.retry, description=description)
@@ -88,6 +108,12 @@ class ObjectStore:
             return True
 
         return self._call(f"ensure bucket {bucket}", ensure)
+
+    def bucket_exists(self, bucket: str, *, retry: bool = True) -> bool:
+        """True when ``bucket`` exists; ``retry=False`` asks once (for fast health checks)."""
+        if not retry:
+            return bool(self.client.bucket_exists(bucket))
+        return self._call(f"bucket exists {bucket}", lambda: self.client.bucket_exists(bucket))
 
     # -- writes -------------------------------------------------------------------------------
     def put_bytes(
@@ -178,8 +204,11 @@ class ObjectStore:
             self._call(f"delete {len(keys)} objects in {bucket}", delete)
 
     # -- reads --------------------------------------------------------------------------------
-    def _read(self, bucket: str, key: str, sink: Callable[[Iterator[bytes]], T]) -> T:
-        """GET ``key`` and feed its body, in chunks, to ``sink``; retried from the start."""
+    def _read(
+        self, bucket: str, key: str, sink: Callable[[Iterator[bytes], str], T]
+    ) -> T:
+        """GET ``key`` and feed its body, in chunks, and its ETag (unquoted, lower case) to
+        ``sink``; retried from the start."""
 
         def read() -> T:
             try:
@@ -188,8 +217,9 @@ class ObjectStore:
                 if _is_missing(error):
                     raise ObjectNotFoundError(bucket, key) from None
                 raise
+            etag = str(response.headers.get("ETag", "")).strip('"').lower()
             try:
-                return sink(response.stream(CHUNK_SIZE))
+                return sink(response.stream(CHUNK_SIZE), etag)
             finally:
                 response.close()
                 response.release_conn()
@@ -197,8 +227,22 @@ class ObjectStore:
         return self._call(f"get {bucket}/{key}", read)
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
-        """The whole object (for small objects: records, indexes)."""
-        return self._read(bucket, key, lambda chunks: b"".join(chunks))
+        """The whole object (for small objects: records, indexes), checked against its ETag.
+
+        A server may hand a reader a mix of two versions of an object that is being replaced:
+        nanio, the local server, answers with the previous version's length and the new
+        version's bytes in that window, which cut job records in half under the progress
+        updates of a running job. When the ETag is a plain MD5 (single-part uploads, which is
+        how mrdiff writes small objects), a body that does not match it is read again.
+        """
+
+        def whole(chunks: Iterator[bytes], etag: str) -> bytes:
+            data = b"".join(chunks)
+            if _PLAIN_MD5.fullmatch(etag) and hashlib.md5(data).hexdigest() != etag:
+                raise TornReadError(f"{bucket}/{key}: content does not match ETag {etag}")
+            return data
+
+        return self._read(bucket, key, whole)
 
     def find_bytes(self, bucket: str, key: str) -> bytes | None:
         """The whole object, or None when it does not exist."""
@@ -209,14 +253,14 @@ class ObjectStore:
 
     def sha256(self, bucket: str, key: str) -> str:
         """Hex sha256 of the object's content, streamed (never held in memory)."""
-        return self._read(bucket, key, sha256_chunks)
+        return self._read(bucket, key, lambda chunks, _: sha256_chunks(chunks))
 
     def download(self, bucket: str, key: str, path: str | Path) -> Path:
         """Save the object to ``path`` atomically (temp file in the same folder, then rename)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
 
-        def write(chunks: Iterator[bytes]) -> Path:
+        def write(chunks: Iterator[bytes], etag: str) -> Path:
             descriptor, temporary = tempfile.mkstemp(
                 prefix=f".{target.name}.", suffix=".part", dir=target.parent
             )
@@ -270,11 +314,11 @@ class ObjectStore:
     # -- presigned URLs -------------------------------------------------------------------------
     def presigned_get_url(self, bucket: str, key: str, expires: timedelta) -> str:
         """A URL that lets its holder GET ``key`` until it expires (computed locally)."""
-        return self.client.presigned_get_object(bucket, key, expires=expires)
+        return self.presign_client.presigned_get_object(bucket, key, expires=expires)
 
     def presigned_put_url(self, bucket: str, key: str, expires: timedelta) -> str:
         """A URL that lets its holder PUT ``key`` until it expires (computed locally)."""
-        return self.client.presigned_put_object(bucket, key, expires=expires)
+        return self.presign_client.presigned_put_object(bucket, key, expires=expires)
 
 
 def _info(

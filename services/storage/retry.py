@@ -1,6 +1,7 @@
 """Retries with exponential backoff for transient object-store failures.
 
-Connection problems (refused, reset, timed out) and server-side 5xx answers are retried;
+Connection problems (refused, reset, timed out), server-side 5xx answers and torn reads
+(:class:`~services.storage.errors.TornReadError`) are retried;
 client errors (4xx: missing key, bad signature, conflicts) are not, since trying again cannot
 change the answer. Delays grow as ``base * multiplier**n`` up to ``max_delay``, with "full
 jitter" (AWS Architecture Blog, *Exponential Backoff And Jitter*, 2015) so that many workers
@@ -18,6 +19,8 @@ from typing import TypeVar
 
 import urllib3.exceptions
 from minio.error import InvalidResponseError, S3Error, ServerError
+
+from services.storage.errors import TornReadError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -56,7 +59,9 @@ NO_RETRY = RetryPolicy(attempts=1)
 
 
 def is_transient(error: BaseException) -> bool:
-    """True when ``error`` is a connection problem or a 5xx answer worth retrying."""
+    """True when ``error`` is a connection problem, a 5xx answer or a torn read."""
+    if isinstance(error, TornReadError):
+        return True
     if isinstance(error, S3Error):
         status = getattr(error.response, "status", 0) or 0
         return status >= 500 or error.code in RETRYABLE_S3_CODES

@@ -7,6 +7,8 @@ Build it with :meth:`Storage.from_settings`; the key layout is documented in
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ from services.settings import Settings
 from services.storage import inbox, keys
 from services.storage.errors import ConflictError
 from services.storage.hashing import processing_key
-from services.storage.jobs import JobRecord, JobState, JobStore
+from services.storage.job_queries import JobCounts, JobPage, count_jobs, page_jobs
+from services.storage.jobs import JobRecord, JobState, JobStore, utc_now
 from services.storage.mutex import KeyMutex
 from services.storage.objects import ObjectInfo, ObjectStore, make_minio_client
 from services.storage.results import ResultObject, StagedResults
@@ -38,8 +41,9 @@ class Storage:
     @classmethod
     def from_settings(cls, settings: Settings, retry: RetryPolicy | None = None) -> Storage:
         """Storage for the endpoint, keys and bucket names in ``settings``."""
+        presign = make_minio_client(settings, public=True) if settings.s3_public_endpoint else None
         return cls(
-            ObjectStore(make_minio_client(settings), retry),
+            ObjectStore(make_minio_client(settings), retry, presign_client=presign),
             raw_bucket=settings.raw_bucket,
             results_bucket=settings.results_bucket,
         )
@@ -50,6 +54,15 @@ class Storage:
             bucket
             for bucket in (self.raw_bucket, self.results_bucket)
             if self.objects.ensure_bucket(bucket)
+        ]
+
+    def missing_buckets(self) -> list[str]:
+        """The raw and results buckets that do not exist, each asked once (no retries, so a
+        readiness probe answers fast); raises when the store does not answer."""
+        return [
+            bucket
+            for bucket in (self.raw_bucket, self.results_bucket)
+            if not self.objects.bucket_exists(bucket, retry=False)
         ]
 
     # -- raw inputs ---------------------------------------------------------------------------
@@ -121,6 +134,22 @@ class Storage:
         """The succeeded job that already processed processing key ``key``, if any."""
         return self.jobs.find_processed(tenant, key)
 
+    # -- job queries ----------------------------------------------------------------------------
+    def job_page(
+        self,
+        tenant: str,
+        *,
+        states: Iterable[JobState] | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> JobPage:
+        """The tenant's jobs newest first, ``limit`` at a time (``before``: a page's cursor)."""
+        return page_jobs(self.jobs, tenant, states=states, limit=limit, before=before)
+
+    def job_counts(self) -> JobCounts:
+        """Jobs per state and slices finished, over all tenants (reads every job record)."""
+        return count_jobs(self.objects, self.results_bucket)
+
     # -- results --------------------------------------------------------------------------------
     def stage_results(self, tenant: str, job_id: str, attempt: str | None = None) -> StagedResults:
         """A staging folder for one attempt of ``job_id``: write there, then ``publish()``."""
@@ -140,6 +169,26 @@ class Storage:
                 continue
             found.append(ResultObject(name=name, key=item.key, size=item.size, etag=item.etag))
         return found
+
+    def purge_results(self, tenant: str, job_id: str) -> JobRecord:
+        """Delete a job's published results (never its raw inputs, never its record).
+
+        The record keeps its state, loses its artefact list and gets ``purged_at``; the job's
+        processing key is released, so the same input submitted again is processed again
+        instead of being answered by a job that has no results any more.
+        """
+        record = self.jobs.get(tenant, job_id)
+        prefix = keys.job_prefix(tenant, job_id)
+        record_key = prefix + keys.JOB_RECORD_NAME
+        doomed = [item.key for item in self.objects.list(self.results_bucket, prefix)
+                  if item.key != record_key]
+        self.objects.delete_many(self.results_bucket, doomed)
+        if record.processing_key:
+            self.jobs.release_processing_key(tenant, record.processing_key, job_id)
+        purged_at = utc_now()
+        return self.jobs.update(
+            tenant, job_id, lambda current: replace(current, artefacts=(), purged_at=purged_at)
+        )
 
     def get_result(self, tenant: str, job_id: str, artefact: str) -> bytes:
         """Bytes of one published artefact of a succeeded job."""

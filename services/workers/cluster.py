@@ -18,17 +18,26 @@ environment is respected when ``settings.ray_auth_mode`` is unset.
 
 Never ``ray stop`` (it kills every Ray process on the machine by name); leave through
 :func:`disconnect_ray`, which shuts down only what this driver started.
+
+Joining ``host:port`` first checks that the GCS there accepts connections (for up to
+``connect_timeout`` seconds): ``ray.init`` itself waits forever for a GCS that is gone (a head
+whose start failed), which left flow runs hanging with their job "running" and every later
+job queued behind them. Without an answer, :class:`~services.workers.WorkerError` says so.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import time
 from typing import NamedTuple
 
 from services.settings import Settings
+from services.workers.errors import WorkerError
 
 LOOPBACK = "127.0.0.1"
 NAMESPACE = "mrdiff"
+CONNECT_TIMEOUT_SECONDS = 60.0
 
 
 class RayConnection(NamedTuple):
@@ -52,22 +61,46 @@ def ray_auth_mode(settings: Settings) -> str:
     return "disabled" if local_development else "token"
 
 
+def gcs_answers(address: str, timeout: float) -> bool:
+    """True when something accepts TCP connections at ``host:port`` within ``timeout`` seconds
+    (True for addresses that are not ``host:port``: ``auto``, ``ray://...``)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return True
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2.0):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(1.0)
+
+
 def connect_ray(
     settings: Settings,
     *,
     num_cpus: int | None = None,
     object_store_memory: int | None = None,
     log_to_driver: bool = True,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
 ) -> RayConnection:
     """Join ``settings.ray_address`` or start a local cluster; reuse an existing connection.
 
     ``num_cpus`` (else ``settings.ray_num_cpus``) and ``object_store_memory`` (bytes) size a
-    locally started cluster and are ignored when joining one.
+    locally started cluster and are ignored when joining one. Raises
+    :class:`~services.workers.WorkerError` when nothing answers at the address.
     """
     import ray
 
     mode = ray_auth_mode(settings)
     if not ray.is_initialized():
+        if settings.ray_address and not gcs_answers(settings.ray_address, connect_timeout):
+            raise WorkerError(
+                f"no Ray cluster answers at {settings.ray_address} (after "
+                f"{connect_timeout:.0f} s); is its head running? (`mrdiff status`)"
+            )
         os.environ["RAY_AUTH_MODE"] = mode
         if settings.ray_address:
             ray.init(

@@ -2,8 +2,11 @@
 served by its own process (flow runs execute as subprocesses, as under ``mrdiff up``), a Ray
 cluster, and the API under uvicorn on a loopback port.
 
-Import the fixtures into a test module (``from tests.integration.api_harness import ...``);
-they reuse the session's ``s3_server``, ``storage`` and ``ray_cluster`` from conftest.py.
+The fixtures here (``prefect_api_url``, ``api_settings``, ``job_runner``, ``api_stack``,
+``light_stack``, ``api_tenant``) are registered by conftest.py for every test in this folder, so
+tests only name them as parameters; they reuse the session's ``s3_server``, ``storage`` and
+``ray_cluster``. Tests import the helpers (:class:`ApiStack`, :func:`make_stack`,
+:func:`wait_for_state`, ...) from this module.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import uvicorn
 
 from services.api.app import create_app
 from services.api.auth import ApiKeyStore
-from services.api.config import ApiConfig
 from services.settings import Settings
 from services.storage import Storage
 from services.storage.local_server import free_port
@@ -169,12 +171,9 @@ def serve_in_thread(app: Any, port: int) -> tuple[uvicorn.Server, threading.Thre
     return server, thread
 
 
-def make_stack(
-    settings: Settings, storage: Storage, config: ApiConfig | None = None
-) -> Iterator[ApiStack]:
+def make_stack(settings: Settings, storage: Storage) -> Iterator[ApiStack]:
     """Start the API for ``settings``; stop it when the generator is closed."""
-    config = config or ApiConfig.from_settings(settings)
-    app = create_app(settings, storage, config)
+    app = create_app(settings, storage)
     port = free_port()
     server, thread = serve_in_thread(app, port)
     try:
@@ -182,7 +181,7 @@ def make_stack(
             base_url=f"http://127.0.0.1:{port}",
             settings=settings,
             storage=storage,
-            keys=ApiKeyStore(config.api_keys_file, settings.api_pepper.get_secret_value()),
+            keys=ApiKeyStore(settings.api_keys_path, settings.api_pepper.get_secret_value()),
         )
     finally:
         server.should_exit = True

@@ -8,15 +8,25 @@ Fixtures (reuse them; do not start your own S3 server or Ray cluster):
 - ``storage``: :class:`~services.storage.Storage` on that server, buckets created. It is shared
   by the whole session: give each test its own tenant (the ``tenant`` fixture).
 - ``tenant``: a fresh tenant name per test.
-- ``ray_cluster``: a private local Ray cluster (2 CPUs, loopback, no dashboard, auth off);
-  gives :class:`~services.workers.RayConnection`. Shut down through the driver at the end.
+- ``ray_cluster``: a private Ray head of its own (``ray start --head --block``, as under ``mrdiff
+  up``: 2 CPUs, token auth with a token of the session, no dashboard), joined by this process;
+  gives :class:`~services.workers.RayConnection`. Other processes a test starts (served flow
+  runs, the API) join it at ``ray_cluster.address``: the session exports ``RAY_AUTH_MODE`` and
+  ``RAY_AUTH_TOKEN_PATH`` for them. Stopped through its own process at the end, never with
+  ``ray stop``.
+- the API fixtures of ``api_harness.py`` (registered here, so tests only name them):
+  ``prefect_api_url``, ``api_settings``, ``job_runner``, ``api_stack`` (the API under uvicorn
+  over S3, Prefect and Ray), ``light_stack`` (the API over S3 only) and ``api_tenant``.
 
 Every test in this folder is marked ``integration``.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -24,9 +34,19 @@ from typing import NamedTuple
 import pytest
 
 from services.settings import Settings, load_settings
+from services.stack.process import start_until_ready, stop_process
+from services.stack.ray_head import ray_head_spec, write_ray_token
 from services.storage import Storage
 from services.storage.local_server import LocalS3Server, free_port, start_local_s3
 from services.workers import RayConnection, connect_ray, disconnect_ray
+from tests.integration.api_harness import (  # noqa: F401  (fixtures, registered by import)
+    api_settings,
+    api_stack,
+    api_tenant,
+    job_runner,
+    light_stack,
+    prefect_api_url,
+)
 
 RAY_TEST_CPUS = 2
 RAY_TEST_OBJECT_STORE_BYTES = 256 * 1024 * 1024
@@ -90,15 +110,28 @@ def tenant() -> str:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayConnection]:
-    """A private local Ray cluster with 2 CPUs on loopback; shut down at the end of the session."""
-    settings = load_settings(environment="development", ray_address=None, ray_auth_mode=None)
-    connection = connect_ray(
-        settings,
-        num_cpus=RAY_TEST_CPUS,
-        object_store_memory=RAY_TEST_OBJECT_STORE_BYTES,
-        log_to_driver=False,
-    )
+    """A Ray head of the session's own, started as ``mrdiff up`` starts one, and joined."""
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths are limited
+    token = write_ray_token(temp / "auth_token")
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    port = free_port()
+    spec = ray_head_spec(port, cpus=RAY_TEST_CPUS, temp_dir=temp, log_dir=temp,
+                         object_store_bytes=RAY_TEST_OBJECT_STORE_BYTES, lean=True, env=auth)
+    saved = {key: os.environ.get(key) for key in auth}
+    os.environ.update(auth)  # for this driver and every process a test starts
     try:
-        yield connection
+        running, _ = start_until_ready(spec, temp)  # on failure, Ray's logs stay in ``temp``
+        try:
+            settings = load_settings(environment="development", ray_address=f"127.0.0.1:{port}",
+                                     ray_auth_mode="token")
+            yield connect_ray(settings, log_to_driver=False)
+        finally:
+            disconnect_ray()
+            stop_process(running, spec.stop_timeout)
+        shutil.rmtree(temp, ignore_errors=True)
     finally:
-        disconnect_ray()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

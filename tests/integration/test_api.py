@@ -6,7 +6,6 @@ bodies, and cancelling a running job.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import importlib.util
 import io
@@ -25,21 +24,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import SecretStr
 
-from services.api.config import ApiConfig
 from services.recon.io import write_dicom_series
 from services.settings import Settings
 from services.storage import Storage
-from tests.integration import api_harness
 from tests.integration.api_harness import ApiStack, make_stack, wait_for_progress, wait_for_state
-
-# Fixtures of the real API stack (see api_harness.py).
-api_settings = api_harness.api_settings
-api_stack = api_harness.api_stack
-api_tenant = api_harness.api_tenant
-job_runner = api_harness.job_runner
-light_stack = api_harness.light_stack
-prefect_api_url = api_harness.prefect_api_url
 
 # Tests that run jobs through Prefect and Ray take about a minute each on a shared 2-core
 # machine; they run with `make test-slow` (pytest -m slow). The rest use `light_stack`.
@@ -270,9 +260,8 @@ def test_error_bodies_name_the_problem(light_stack: ApiStack, api_tenant: str) -
 @pytest.fixture
 def small_limit_stack(s3_server: Any, storage: Storage) -> Iterator[ApiStack]:
     """Another API over the same S3 server, with a 64 KiB upload limit."""
-    settings: Settings = s3_server.settings
-    config = dataclasses.replace(ApiConfig.from_settings(settings), max_upload_bytes=64 * 1024)
-    yield from make_stack(settings, storage, config)
+    settings: Settings = s3_server.settings.model_copy(update={"max_upload_bytes": 64 * 1024})
+    yield from make_stack(settings, storage)
 
 
 def test_uploads_over_the_limit_get_413(small_limit_stack: ApiStack, api_tenant: str) -> None:
@@ -341,6 +330,7 @@ def test_purge_removes_results_but_never_inputs(api_stack: ApiStack, api_tenant:
         assert refused.status_code == 409 and "purge=true" in refused.json()["detail"]
         purged = client.delete(f"/v1/jobs/{job['id']}", params={"purge": "true"})
         assert purged.status_code == 200 and purged.json()["state"] == "succeeded"
+        assert purged.json()["purged_at"] is not None
         assert client.get(f"/v1/jobs/{job['id']}/results").json()["items"] == []
         gone = client.get(f"/v1/jobs/{job['id']}/results/reconstruction.png")
         assert gone.status_code == 404
@@ -406,9 +396,9 @@ HOOK_TOKEN = "hook-token-0123456789abcdef"
 @pytest.fixture
 def hook_stack(s3_server: Any, storage: Storage) -> Iterator[ApiStack]:
     """The API over the S3 server with the MinIO webhook enabled."""
-    settings: Settings = s3_server.settings
-    config = dataclasses.replace(ApiConfig.from_settings(settings), minio_webhook_token=HOOK_TOKEN)
-    yield from make_stack(settings, storage, config)
+    settings: Settings = s3_server.settings.model_copy(
+        update={"minio_webhook_token": SecretStr(HOOK_TOKEN)})
+    yield from make_stack(settings, storage)
 
 
 def test_minio_webhook_needs_its_own_token(

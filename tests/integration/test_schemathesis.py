@@ -25,11 +25,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.integration import api_harness
 from tests.integration.api_harness import ApiStack
-
-# Fixture of the API over the real S3 server (see api_harness.py).
-light_stack = api_harness.light_stack
 
 EXAMPLES_PER_OPERATION = 20
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)

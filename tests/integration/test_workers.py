@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +23,7 @@ from services.workers import RayConnection, ReconActor, WorkerError, WorkerPool
 
 ZERO_FILLED = ReconOptions(method="zero-filled")
 SLICES, COILS, SIZE = 8, 1, 32
+REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 120.0  # actors import torch; the test machine is busy
 
 
@@ -50,11 +55,38 @@ def _expected(kspace: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
     ]
 
 
-def test_connect_ray_started_a_private_loopback_cluster(ray_cluster: RayConnection) -> None:
-    assert ray_cluster.started_local
-    assert ray_cluster.auth_mode == "disabled"
+def test_connect_ray_joined_the_sessions_head_with_its_token(ray_cluster: RayConnection) -> None:
+    assert ray.is_initialized()
+    assert not ray_cluster.started_local  # joined: leaving it does not stop the head
+    assert ray_cluster.auth_mode == "token" and os.environ["RAY_AUTH_MODE"] == "token"
     assert ray_cluster.cpus == 2
-    assert ray_cluster.address.startswith("127.0.0.1:")
+    assert ray.get_runtime_context().gcs_address == ray_cluster.address
+
+
+LOCAL_CLUSTER_SCRIPT = """
+import json
+from services.settings import load_settings
+from services.workers import connect_ray, disconnect_ray
+connection = connect_ray(load_settings(environment="development", ray_address=None,
+                                       ray_auth_mode=None), num_cpus=1, log_to_driver=False)
+print(json.dumps(connection._asdict()))
+disconnect_ray()
+"""
+
+
+@pytest.mark.slow  # a second cluster; this process is already joined to the session's head
+def test_connect_ray_without_an_address_starts_a_private_loopback_cluster() -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    done = subprocess.run(
+        [sys.executable, "-c", LOCAL_CLUSTER_SCRIPT], cwd=REPO, capture_output=True, text=True,
+        env={**environment, "PYTHONPATH": str(REPO)}, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    connection = json.loads(done.stdout.strip().splitlines()[-1])
+    assert connection["started_local"] is True
+    assert connection["auth_mode"] == "disabled"
+    assert connection["cpus"] == 1
+    assert connection["address"].startswith("127.0.0.1:")
 
 
 @pytest.fixture(scope="class")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -290,3 +291,83 @@ def test_cli_refuses_kspace_and_leaves_no_output(tmp_path: Path) -> None:
         main(["anomaly", str(source), "--out", str(out), "--method", "zscore"])
     assert failed.value.code == 2
     assert not out.exists() and not list(tmp_path.glob(".out.h5*"))
+
+
+def test_engine_anomaly_slice_is_the_detector_with_validation_defaults(
+    tmp_path: Path, tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    from services.recon.anomaly import default_config
+    from services.recon.classifier import load_classifier
+    from services.recon.engine import ReconEngine, ReconOptions
+    from services.recon.prior import load_prior
+
+    prior_path, classifier_path = save_tiny_weights(tiny_prior, tiny_classifier, tmp_path)
+    engine = ReconEngine(prior_path=prior_path, classifier_path=classifier_path, device="cpu")
+    image = head_phantom(32) * 80.0
+    options = ReconOptions(anomaly=True, anomaly_method="guided", seed=3)
+    result = engine.anomaly_slice(image, options)
+    expected = AnomalyDetector(
+        load_prior(prior_path, device="cpu"),
+        load_classifier(classifier_path, device="cpu"),
+        default_config("guided", seed=3),
+    ).detect(image)
+    np.testing.assert_allclose(result.anomaly_map, expected.anomaly_map, rtol=1e-5, atol=1e-6)
+    assert result.anomaly_map.shape == image.shape and result.anomaly_map.min() >= 0
+    assert "tiny-classifier" in engine.model_versions()
+    volume = engine.anomaly_volume(np.stack([image, image]), options, batch=1)
+    assert set(volume.datasets) == {"anomaly_map", "healthy", "anomaly_mask"}
+    np.testing.assert_allclose(volume.datasets["anomaly_map"][1], result.anomaly_map, atol=1e-6)
+    assert volume.attrs["anomaly_method"] == "guided" and volume.attrs["anomaly_seed"] == 3
+    with pytest.raises(InputError, match="anomaly method"):
+        engine.anomaly_slice(image, ReconOptions(anomaly_method="magic"))
+
+
+def test_reconstruct_with_anomaly_adds_the_maps_of_the_reconstruction(
+    tmp_path: Path, tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    from services.cli import main
+    from services.recon.io import write_nifti
+
+    volume = np.stack([head_phantom(32), head_phantom(32) * 2]) * 100
+    source = write_nifti(tmp_path / "in.nii.gz", volume, (2.0, 2.0), 2.0)
+    prior_path, classifier_path = save_tiny_weights(tiny_prior, tiny_classifier, tmp_path)
+    out = tmp_path / "recon.h5"
+    args = ["reconstruct", str(source), "--out", str(out), "--method", "zero-filled"]
+    args += ["--anomaly", "--weights", str(prior_path), "--classifier", str(classifier_path)]
+    main(args)
+    with h5py.File(out, "r") as h5:
+        assert {"reconstruction", "mask", "anomaly_map", "healthy", "anomaly_mask"} <= set(h5)
+        reconstruction = h5["reconstruction"][()]
+        assert h5["anomaly_map"].shape == reconstruction.shape
+        assert h5["anomaly_mask"].dtype == bool and h5["anomaly_map"][()].min() >= 0
+        attrs = dict(h5.attrs)
+    assert attrs["anomaly_method"] == "guided" and attrs["method"] == "zero-filled"
+    assert attrs["classifier_model"] == "tiny-classifier" and attrs["anomaly_seconds"] >= 0
+    # The maps are those of the reconstruction, not of the (fully sampled) input.
+    from services.recon.engine import ReconEngine, ReconOptions
+
+    engine = ReconEngine(prior_path=prior_path, classifier_path=classifier_path, device="cpu")
+    again = engine.anomaly_slice(reconstruction[0], ReconOptions(anomaly=True))
+    with h5py.File(out, "r") as h5:
+        np.testing.assert_allclose(h5["anomaly_map"][0], again.anomaly_map, atol=1e-5)
+
+
+def test_tuned_defaults_round_trip_through_the_defaults_file(
+    tmp_path: Path, tiny_prior: LoadedPrior
+) -> None:
+    from services.bench.anomaly import TuningResult, save_defaults
+    from services.recon.anomaly import default_config, defaults_are_tuned
+
+    path = tmp_path / "anomaly_defaults.json"
+    assert not defaults_are_tuned("unguided", path)
+    chosen = AnomalyConfig(method="unguided", noise_level=300, steps=7, scale=0.0, smoothing_px=2)
+    save_defaults(
+        {"unguided": TuningResult(chosen, 0.8, 0.3, 6)}, tiny_prior, None, path, {"L": [300]}
+    )
+    loaded = default_config("unguided", seed=5, path=path)
+    assert loaded == replace(chosen, seed=5) and defaults_are_tuned("unguided", path)
+    # Another method tuned later keeps the first one's entry.
+    zscore = TuningResult(AnomalyConfig(method="zscore"), 0.7, 0.2, 1)
+    save_defaults({"zscore": zscore}, None, None, path)
+    assert default_config("unguided", path=path).noise_level == 300
+    assert default_config("guided", path=path) == AnomalyConfig()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.api.app import create_app
-from services.api.config import ApiConfig
 from services.settings import load_settings
 from services.storage import Storage
 
@@ -20,9 +18,9 @@ VIEWER_ORIGIN = "https://viewer.example.org"
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     settings = load_settings(environment="development", data_dir=tmp_path,
-                             s3_endpoint="127.0.0.1:9")  # never contacted by these tests
-    config = dataclasses.replace(ApiConfig.from_settings(settings), cors_origins=(VIEWER_ORIGIN,))
-    with TestClient(create_app(settings, Storage.from_settings(settings), config)) as test_client:
+                             s3_endpoint="127.0.0.1:9",  # never contacted by these tests
+                             cors_origins=VIEWER_ORIGIN)
+    with TestClient(create_app(settings, Storage.from_settings(settings))) as test_client:
         yield test_client
 
 

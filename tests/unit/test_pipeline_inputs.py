@@ -40,6 +40,8 @@ def test_units_per_folder_with_options_and_quiet_period() -> None:
         raw("acme/s3/IM1.dcm", age_seconds=2.0),  # still arriving
         raw("acme/s4/readme.txt"), raw("bare.h5"),
         raw("acme/uploads/0123456789abcdef0123/scan.h5"),  # the API's own, already submitted
+        raw("acme/uploads/s7/large.h5"),  # a presigned upload, submitted through POST /v1/jobs
+        raw("acme/_quarantine/q1/object/s4/readme.txt"),  # mrdiff's own
     ]
     inbox = group_inbox(objects, NOW, timedelta(seconds=10))
 

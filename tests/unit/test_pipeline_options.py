@@ -79,3 +79,15 @@ def test_default_options_from_settings() -> None:
     config = PipelineConfig.from_settings(load_settings())
     assert config.ingest_quiet_seconds > 0 and config.ingest_interval_seconds > 0
     assert isinstance(config.default_options, JobOptions)
+
+
+def test_pipeline_knobs_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MRDIFF_INGEST_INTERVAL_SECONDS", "3600")
+    monkeypatch.setenv("MRDIFF_INGEST_QUIET_SECONDS", "2.5")
+    monkeypatch.setenv("MRDIFF_DEFAULT_JOB_OPTIONS", '{"method": "cs-l1", "seed": 7}')
+    config = PipelineConfig.from_settings(load_settings())
+    assert (config.ingest_interval_seconds, config.ingest_quiet_seconds) == (3600.0, 2.5)
+    assert (config.default_options.method, config.default_options.seed) == ("cs-l1", 7)
+    monkeypatch.setenv("MRDIFF_DEFAULT_JOB_OPTIONS", '{"method": "magic"}')
+    with pytest.raises(InputError):
+        PipelineConfig.from_settings(load_settings())

@@ -10,6 +10,7 @@ from services.recon.errors import InputError
 from services.settings import (
     DEV_API_PEPPER,
     DEV_S3_SECRET_KEY,
+    GIB,
     Settings,
     load_settings,
 )
@@ -78,6 +79,22 @@ def test_url_endpoint_sets_secure() -> None:
         ({"actors": 0}, "MRDIFF_ACTORS"),
         ({"api_port": 70000}, "MRDIFF_API_PORT"),
         ({"environment": "staging"}, "MRDIFF_ENVIRONMENT"),
+        ({"max_upload_bytes": 10}, "MRDIFF_MAX_UPLOAD_BYTES"),
+        ({"max_json_bytes": 10**9}, "MRDIFF_MAX_JSON_BYTES"),
+        ({"presign_seconds": 8 * 24 * 3600}, "MRDIFF_PRESIGN_SECONDS"),
+        ({"cors_origins": "https://ok.org,viewer.example.org"}, "MRDIFF_CORS_ORIGINS"),
+        ({"cors_origins": "https://ok.org/path"}, "MRDIFF_CORS_ORIGINS"),
+        ({"s3_public_endpoint": "https://s3.example.org/bucket"}, "MRDIFF_S3_PUBLIC_ENDPOINT"),
+        ({"s3_public_endpoint": "ftp://s3.example.org"}, "MRDIFF_S3_PUBLIC_ENDPOINT"),
+        ({**STRONG, "environment": "production", "cors_origins": "*"},
+         "MRDIFF_CORS_ORIGINS: '\\*' is for development only"),
+        ({**STRONG, "environment": "production", "minio_webhook_token": "short"},
+         "MRDIFF_MINIO_WEBHOOK_TOKEN must be at least 16 characters"),
+        ({**STRONG, "environment": "production",
+          "minio_webhook_token": "REPLACE-ME-long-random-token"},
+         "MRDIFF_MINIO_WEBHOOK_TOKEN is still the placeholder"),
+        ({"environment": "production", "api_pepper": "REPLACE-ME-long-random-pepper",
+          "s3_secret_key": STRONG["s3_secret_key"]}, "MRDIFF_API_PEPPER is still the placeholder"),
     ],
 )
 def test_bad_settings_raise_one_line_input_errors(overrides: dict, message: str) -> None:
@@ -99,3 +116,53 @@ def test_settings_are_immutable() -> None:
     settings = load_settings()
     with pytest.raises(ValueError):
         settings.actors = 5
+
+
+def test_api_settings_have_safe_defaults(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    assert settings.max_upload_bytes == 1 * GIB
+    assert settings.max_json_bytes == 1024 * 1024
+    assert settings.cors_origins == ()
+    assert settings.presign_seconds == 3600
+    assert settings.minio_webhook_token is None and not settings.minio_webhook_enabled
+    assert settings.api_keys_path == tmp_path.resolve() / "api_keys.json"
+    assert settings.api_cache_dir == tmp_path.resolve() / "api_cache"
+    assert settings.s3_public_endpoint is None and settings.s3_public_url == settings.s3_url
+
+
+def test_api_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MRDIFF_MAX_UPLOAD_BYTES", str(2 * GIB))
+    monkeypatch.setenv("MRDIFF_MAX_JSON_BYTES", "65536")
+    monkeypatch.setenv("MRDIFF_CORS_ORIGINS", "https://viewer.example.org, http://127.0.0.1:5173/")
+    monkeypatch.setenv("MRDIFF_API_KEYS_FILE", str(tmp_path / "keys.json"))
+    monkeypatch.setenv("MRDIFF_PRESIGN_SECONDS", "600")
+    monkeypatch.setenv("MRDIFF_MINIO_WEBHOOK_TOKEN", "hook-token-0123456789")
+    monkeypatch.setenv("MRDIFF_S3_PUBLIC_ENDPOINT", "s3.example.org:443")
+    settings = load_settings()
+    assert settings.max_upload_bytes == 2 * GIB and settings.max_json_bytes == 65536
+    assert settings.cors_origins == ("https://viewer.example.org", "http://127.0.0.1:5173")
+    assert settings.api_keys_path == tmp_path.resolve() / "keys.json"
+    assert settings.presign_seconds == 600
+    assert settings.minio_webhook_enabled
+    assert "hook-token" not in repr(settings)
+    assert settings.s3_public_url == "http://s3.example.org:443"
+
+
+def test_an_empty_webhook_token_disables_the_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MRDIFF_MINIO_WEBHOOK_TOKEN", "")
+    assert load_settings().minio_webhook_token is None
+
+
+def test_production_runs_without_a_webhook_token_and_accepts_a_real_one() -> None:
+    production = {**STRONG, "environment": "production"}
+    assert not load_settings(**production).minio_webhook_enabled
+    token = load_settings(**production, minio_webhook_token="a-real-webhook-token-123")
+    assert token.minio_webhook_enabled
+
+
+def test_public_endpoint_keeps_its_scheme() -> None:
+    settings = load_settings(s3_public_endpoint="https://s3.example.org/")
+    assert settings.s3_public_url == "https://s3.example.org"
+    assert settings.s3_url == "http://127.0.0.1:9000"

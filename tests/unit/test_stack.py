@@ -17,14 +17,18 @@ from services.settings import load_settings
 from services.stack.components import COMPONENTS, Component, StackPlan
 from services.stack.demo import wait_for_jobs
 from services.stack.process import (
+    START_HEADER,
     ProcessSpec,
     RunningProcess,
     http_ok,
     is_alive,
+    log_says,
     start_process,
+    start_until_ready,
     stop_process,
     tcp_open,
 )
+from services.stack.ray_head import announce_agent_port, ray_head_spec
 from services.stack.supervisor import Stack, StackError
 from services.storage.local_server import free_port
 from services.storage.storage import Storage
@@ -176,3 +180,48 @@ def test_external_services_are_not_started(tmp_path: Path) -> None:
     names = [spec.name for spec in (c(stack_plan) for c in COMPONENTS) if spec]
     assert "s3" not in names and "prefect" not in names and "ray" not in names
     assert "pipelines" in names
+
+
+RACY = """
+import pathlib, sys, time
+marker = pathlib.Path(sys.argv[1])
+if not marker.exists():  # the first start fails, like a Ray head whose raylet gave up
+    marker.write_text("tried")
+    sys.exit(3)
+print("Ray runtime started.", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_start_that_fails_is_tried_again_and_ready_comes_from_the_new_log(
+    tmp_path: Path,
+) -> None:
+    spec = ProcessSpec("racy", [sys.executable, "-c", RACY, str(tmp_path / "marker")],
+                       ready=log_says(tmp_path / "racy.log", "Ray runtime started."),
+                       ready_timeout=30.0, stop_timeout=5.0, start_attempts=2)
+    retried: list[Exception] = []
+    started: list[int] = []
+    running, _ = start_until_ready(spec, tmp_path, on_start=lambda r, _: started.append(r.pid),
+                                   on_retry=retried.append)
+    try:
+        assert [str(error).split(";")[0] for error in retried] == ["racy exited with code 3"]
+        assert len(started) == 2 and started[-1] == running.pid and is_alive(running)
+    finally:
+        stop_process(running, timeout=5.0)
+    log = tmp_path / "racy.log"
+    log.write_text(log.read_text() + f"\n{START_HEADER} racy: again\n")
+    assert not log_says(log, "Ray runtime started.")()  # an earlier run's line does not count
+
+
+def test_the_ray_head_chooses_every_port_and_waits_for_its_node(tmp_path: Path) -> None:
+    spec = ray_head_spec(free_port(), cpus=2, temp_dir=tmp_path / "ray", log_dir=tmp_path,
+                         lean=True)
+    argv = list(spec.argv)
+    flags = ("--node-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+             "--metrics-export-port", "--runtime-env-agent-port", "--ray-client-server-port")
+    ports = [int(argv[argv.index(flag) + 1]) for flag in flags]
+    assert len(set(ports)) == len(ports) and not {52365, 10001} & set(ports)
+    assert "--no-monitor" in argv and argv[argv.index("--include-dashboard") + 1] == "false"
+    assert spec.start_attempts > 1
+    assert not spec.ready()  # nothing runs: no "Ray runtime started." and no raylet to help
+    assert not announce_agent_port(tmp_path / "ray", 1234)

@@ -32,6 +32,7 @@ def record(state: JobState = JobState.QUEUED) -> JobRecord:
         progress_total=5,
         timings={"load": 0.5},
         artefacts=("reconstruction.h5",),
+        purged_at=NOW,
     )
 
 

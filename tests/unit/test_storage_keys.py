@@ -44,6 +44,31 @@ def test_reserved_and_hidden_raw_keys() -> None:
     assert keys.raw_key("acme", "s/x.h5") == "acme/s/x.h5"
 
 
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("acme/study-1/scan.h5", True),
+        ("acme/scan.h5", True),
+        ("scan.h5", True),  # the default tenant
+        ("acme/study-1/uploads/scan.h5", True),  # a subfolder of a study is still the study's
+        ("acme/uploads-2025/scan.h5", True),  # only the API's folder itself is left alone
+        ("uploads/s1/scan.h5", True),  # tenant "uploads", study "s1"
+        ("acme/uploads/0123456789abcdef0123/scan.h5", False),  # POST /v1/jobs upload
+        ("acme/uploads/s1/large.h5", False),  # presigned PUT from POST /v1/uploads
+        ("acme/_quarantine/q1/object/s1/x.h5", False),
+        ("acme/_quarantine/q1/reason.json", False),
+        ("acme/_staging/j1/a1/x.h5", False),
+        ("acme/study/.upload.part", False),
+        ("a//b.h5", False),  # unusable keys are never inputs
+        ("bad tenant/x.h5", False),
+    ],
+)
+def test_ingest_inputs_leave_out_mrdiff_and_api_folders(key: str, expected: bool) -> None:
+    assert keys.is_ingest_input(key) is expected
+    if expected:
+        assert keys.is_ingest_input(keys.parse_raw_key(key)) is True
+
+
 def test_results_layout() -> None:
     assert keys.job_record_key("acme", "j1") == "acme/jobs/j1/job.json"
     assert keys.result_key("acme", "j1", "png/slice-003.png") == "acme/jobs/j1/png/slice-003.png"

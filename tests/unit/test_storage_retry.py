@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections.abc import Iterator
 
 import pytest
 import urllib3
 from minio.error import S3Error, ServerError
 
-from services.storage.errors import ObjectNotFoundError
+from services.storage.errors import ObjectNotFoundError, TornReadError
+from services.storage.objects import ObjectStore
 from services.storage.retry import RetryPolicy, call_with_retry, is_transient
 
 
@@ -103,3 +106,50 @@ def test_policy_rejects_nonsense() -> None:
         RetryPolicy(attempts=0)
     with pytest.raises(ValueError):
         RetryPolicy(multiplier=0.5)
+
+
+class _Response:
+    """What ``Minio.get_object`` returns, reduced to what ObjectStore reads."""
+
+    def __init__(self, body: bytes, etag: str) -> None:
+        self.body, self.headers = body, {"ETag": f'"{etag}"'}
+
+    def stream(self, size: int) -> Iterator[bytes]:
+        yield from (self.body[i : i + size] for i in range(0, len(self.body), size))
+
+    def close(self) -> None:
+        pass
+
+    def release_conn(self) -> None:
+        pass
+
+
+class _ReplacingClient:
+    """Answers like nanio while an object is replaced: the new ETag with a cut body, once."""
+
+    def __init__(self, old: bytes, new: bytes) -> None:
+        self.answers = [_Response(new[: len(old)], hashlib.md5(new).hexdigest()),
+                        _Response(new, hashlib.md5(new).hexdigest())]
+
+    def get_object(self, bucket: str, key: str) -> _Response:
+        return self.answers.pop(0)
+
+
+def test_a_torn_read_is_read_again() -> None:
+    old, new = b'{"state": "queued"}', b'{"state": "running", "progress_done": 1}'
+    client = _ReplacingClient(old, new)
+    store = ObjectStore(client, RetryPolicy(attempts=3, base_delay=0.0))  # type: ignore[arg-type]
+    assert store.get_bytes("results", "acme/jobs/j1/job.json") == new
+    assert client.answers == []
+    assert is_transient(TornReadError("cut"))
+
+
+def test_a_read_that_stays_torn_fails_after_the_retries() -> None:
+    client = _ReplacingClient(b"0123", b"0123456789")
+    client.answers = [client.answers[0]] * 3
+    store = ObjectStore(client, RetryPolicy(attempts=3, base_delay=0.0))  # type: ignore[arg-type]
+    with pytest.raises(TornReadError, match="does not match ETag"):
+        store.get_bytes("results", "k")
+    multipart = _Response(b"anything", "0" * 32 + "-2")  # multipart ETags are not MD5s: no check
+    client.answers = [multipart]
+    assert store.get_bytes("results", "k") == b"anything"

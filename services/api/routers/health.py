@@ -27,7 +27,7 @@ def healthz() -> HealthPublic:
 )
 def readyz(services: ServicesDep) -> JSONResponse:
     def s3() -> Check:
-        missing = _missing_buckets(services)
+        missing = services.storage.missing_buckets()
         if missing:
             return Check(False, f"missing bucket(s): {', '.join(missing)}")
         return Check(True, services.settings.s3_url)
@@ -46,10 +46,3 @@ def readyz(services: ServicesDep) -> JSONResponse:
         checks={name: CheckPublic(ok=c.ok, detail=c.detail) for name, c in checks.items()},
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
-
-
-def _missing_buckets(services: ServicesDep) -> list[str]:
-    """Buckets that do not exist, asked once each (no retries: readiness must answer fast)."""
-    storage = services.storage
-    client = storage.objects.client
-    return [b for b in (storage.raw_bucket, storage.results_bucket) if not client.bucket_exists(b)]

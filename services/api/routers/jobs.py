@@ -17,14 +17,12 @@ from pipelines.jobs import cancel_job
 from pipelines.options import JobOptions
 from services.api.deps import ServicesDep, StorageDep, TenantDep
 from services.api.errors import describe_validation_error, responses
-from services.api.job_views import job_public, purge_results
+from services.api.job_views import job_public
 from services.api.schemas import JobCreate, JobListPublic, JobPublic, JobStateName
 from services.api.submissions import submit_raw_keys, submit_upload
 from services.api.upload_files import check_part_content_type
-from services.settings import Settings
 from services.storage import Storage
 from services.storage.jobs import JobRecord, JobState
-from services.storage.keys import JOB_RECORD_NAME, jobs_prefix
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -97,9 +95,7 @@ async def create_job(
 ) -> JobPublic:
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type == "application/json":
-        record = await _submit_json(
-            request, services.settings, services.storage, tenant, idempotency_key
-        )
+        record = await _submit_json(request, services, tenant, idempotency_key)
     elif content_type == "multipart/form-data":
         record = await _submit_multipart(request, services, tenant, idempotency_key)
     else:
@@ -112,15 +108,15 @@ async def create_job(
 
 
 async def _submit_json(
-    request: Request, settings: Settings, storage: Storage, tenant: str,
-    idempotency_key: str | None,
+    request: Request, services: ServicesDep, tenant: str, idempotency_key: str | None
 ) -> JobRecord:
     try:
         body = JobCreate.model_validate_json(await request.body())
     except ValidationError as error:
         raise HTTPException(422, describe_validation_error(list(error.errors()))) from None
-    return await run_in_threadpool(
-        submit_raw_keys, settings, storage, tenant, body.input_keys, body.options, idempotency_key
+    return await services.submissions.run(
+        submit_raw_keys, services.settings, services.storage, tenant, body.input_keys,
+        body.options, idempotency_key,
     )
 
 
@@ -139,8 +135,8 @@ async def _submit_multipart(
             raise HTTPException(422, "multipart field 'options' must be JSON text, not a file")
         options = parse_options(options_field)
         check_part_content_type(upload.content_type)
-        return await run_in_threadpool(
-            submit_upload, services.settings, services.config, services.storage, tenant,
+        return await services.submissions.run(
+            submit_upload, services.settings, services.storage, tenant,
             upload.file, upload.filename, options, idempotency_key,
         )
 
@@ -155,38 +151,11 @@ async def list_jobs(
     cursor: Annotated[str | None, Query(pattern=JOB_ID_PATTERN,
                                         description="next_cursor of the previous page")] = None,
 ) -> JobListPublic:
-    return await run_in_threadpool(_job_page, storage, tenant, state, limit, cursor)
-
-
-def _job_page(
-    storage: Storage, tenant: str, state: str | None, limit: int, cursor: str | None
-) -> JobListPublic:
-    """One page, reading records newest first only until the page is full.
-
-    Job ids start with their creation time (``20250101T120000Z-...``), so key order is age order.
-    """
-    prefix = jobs_prefix(tenant)
-    ids = sorted(
-        (
-            item.key[len(prefix):].split("/", 1)[0]
-            for item in storage.objects.list(storage.results_bucket, prefix)
-            if item.key.endswith("/" + JOB_RECORD_NAME) and item.key.count("/") == 3
-        ),
-        reverse=True,
+    states = None if state is None else [JobState(state)]
+    page = await run_in_threadpool(
+        storage.job_page, tenant, states=states, limit=limit, before=cursor
     )
-    if cursor is not None:
-        ids = [job_id for job_id in ids if job_id < cursor]
-    wanted = None if state is None else JobState(state)
-    items: list[JobPublic] = []
-    for position, job_id in enumerate(ids):
-        record = storage.jobs.find(tenant, job_id)
-        if record is None or (wanted is not None and record.state is not wanted):
-            continue
-        items.append(job_public(record))
-        if len(items) == limit:
-            more = position + 1 < len(ids)
-            return JobListPublic(items=items, next_cursor=job_id if more else None)
-    return JobListPublic(items=items, next_cursor=None)
+    return JobListPublic(items=[job_public(r) for r in page.records], next_cursor=page.next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=responses(401, 404, 422),
@@ -220,7 +189,7 @@ async def delete_job(
                 "remove its results)",
             )
         if purge:
-            record = purge_results(storage, record)
+            record = storage.purge_results(tenant, job_id)
             services.results.forget(tenant, job_id)
         return record
 

@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 async def create_upload(
     body: UploadCreate, services: ServicesDep, tenant: TenantDep
 ) -> UploadPublic:
-    lifetime = timedelta(seconds=services.config.presign_seconds)
+    lifetime = timedelta(seconds=services.settings.presign_seconds)
     study = body.study or f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(6)}"
     relative = f"{UPLOAD_FOLDER}/{study}/{body.filename}"
     key, url = await run_in_threadpool(

@@ -1,0 +1,35 @@
+"""Joining a Ray cluster: an address where nothing answers fails fast instead of hanging."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from services.settings import load_settings
+from services.storage.local_server import free_port
+from services.workers import WorkerError, connect_ray
+from services.workers.cluster import gcs_answers
+
+
+def test_gcs_answers_only_when_something_listens() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        assert gcs_answers(address, timeout=0.0)
+    assert not gcs_answers(address, timeout=0.0)
+    assert gcs_answers("auto", timeout=0.0) and gcs_answers("ray://head:10001", timeout=0.0)
+
+
+def test_joining_an_address_where_nothing_answers_fails_fast() -> None:
+    """A head whose start failed used to leave ``ray.init`` (and the flow run) waiting forever."""
+    import ray
+
+    settings = load_settings(ray_address=f"127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(WorkerError, match=r"no Ray cluster answers at 127\.0\.0\.1:"):
+        connect_ray(settings, connect_timeout=1.0)
+    assert time.monotonic() - started < 30
+    assert not ray.is_initialized()
