@@ -27,10 +27,11 @@ job queued behind them. Without an answer, :class:`~services.workers.WorkerError
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from services.settings import Settings
 from services.workers.errors import WorkerError
@@ -101,7 +102,7 @@ def connect_ray(
                 f"no Ray cluster answers at {settings.ray_address} (after "
                 f"{connect_timeout:.0f} s); is its head running? (`mrdiff status`)"
             )
-        os.environ["RAY_AUTH_MODE"] = mode
+        _use_auth_mode(mode)
         if settings.ray_address:
             ray.init(
                 address=settings.ray_address, namespace=NAMESPACE, log_to_driver=log_to_driver
@@ -130,6 +131,20 @@ def connect_ray(
         cpus=float(resources.get("CPU", 0.0)),
         gpus=float(resources.get("GPU", 0.0)),
     )
+
+
+def _use_auth_mode(mode: str) -> None:
+    """Make ``RAY_AUTH_MODE`` (and ``RAY_AUTH_TOKEN[_PATH]``) count in this process from now on.
+
+    Ray copies them into its config when ``ray`` is first imported and caches the token once
+    loaded, so a process that imported ray before they were set (a test session, the API)
+    would connect with the mode and token of that moment ("Authentication token is missing or
+    incorrect" from a token cluster). Re-reading them is what Ray's own tests do.
+    """
+    os.environ["RAY_AUTH_MODE"] = mode
+    raylet: Any = importlib.import_module("ray._raylet")  # its .pyi stub lacks these
+    raylet.Config.initialize("")
+    raylet.AuthenticationTokenLoader.instance().reset_cache()
 
 
 _saved_cluster_flag: list[bool] = []

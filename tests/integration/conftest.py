@@ -23,7 +23,10 @@ Every test in this folder is marked ``integration``.
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -31,6 +34,8 @@ from typing import NamedTuple
 import pytest
 
 from services.settings import Settings, load_settings
+from services.stack.process import start_until_ready, stop_process
+from services.stack.ray_head import ray_head_spec, write_ray_token
 from services.storage import Storage
 from services.storage.local_server import LocalS3Server, free_port, start_local_s3
 from services.workers import RayConnection, connect_ray, disconnect_ray
@@ -105,19 +110,33 @@ def tenant() -> str:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayConnection]:
-    """A private local Ray cluster with 2 CPUs on loopback; shut down at the end of the session.
+    """A Ray head of the session's own, started as ``mrdiff up`` starts one, and joined.
 
-    Served flow runs (other processes) cannot join it reliably on a loaded machine (Ray 2.60's
-    raylet registration wait), so the served-deployment tests are in the slow target.
+    A head of its own process (not ``ray.init()`` in this one) so that served flow runs and the
+    API, which are other processes, join the same cluster as under ``mrdiff up``; see
+    :mod:`services.stack.ray_head` for what makes its start reliable on a busy machine.
     """
-    settings = load_settings(environment="development", ray_address=None, ray_auth_mode=None)
-    connection = connect_ray(
-        settings,
-        num_cpus=RAY_TEST_CPUS,
-        object_store_memory=RAY_TEST_OBJECT_STORE_BYTES,
-        log_to_driver=False,
-    )
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths are limited
+    token = write_ray_token(temp / "auth_token")
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    port = free_port()
+    spec = ray_head_spec(port, cpus=RAY_TEST_CPUS, temp_dir=temp, log_dir=temp,
+                         object_store_bytes=RAY_TEST_OBJECT_STORE_BYTES, lean=True, env=auth)
+    saved = {key: os.environ.get(key) for key in auth}
+    os.environ.update(auth)  # for this driver and every process a test starts
     try:
-        yield connection
+        running, _ = start_until_ready(spec, temp)  # on failure, Ray's logs stay in ``temp``
+        try:
+            settings = load_settings(environment="development", ray_address=f"127.0.0.1:{port}",
+                                     ray_auth_mode="token")
+            yield connect_ray(settings, log_to_driver=False)
+        finally:
+            disconnect_ray()
+            stop_process(running, spec.stop_timeout)
+        shutil.rmtree(temp, ignore_errors=True)
     finally:
-        disconnect_ray()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -348,7 +348,6 @@ def test_flow_runs_task_runs_and_artifacts_are_in_the_prefect_api(
 
 
 # -- deployment path, webhook, cancellation, anomaly ----------------------------------------------
-@pytest.mark.slow  # served flow runs join the session's Ray head: see conftest
 def test_submit_job_runs_through_the_served_deployment(
     storage: Storage, tenant: str, flow_settings: Settings, served_deployments: None,
     tmp_path: Path,
@@ -401,7 +400,6 @@ MINIO_EVENT = {
 }
 
 
-@pytest.mark.slow  # served flow runs join the session's Ray head: see conftest
 def test_minio_webhook_event_starts_a_job(
     storage: Storage, tenant: str, flow_settings: Settings, served_deployments: None,
     tmp_path: Path,

@@ -55,7 +55,6 @@ def _expected(kspace: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
     ]
 
 
-@pytest.mark.skip(reason="the session head is a local ray.init cluster again (auth off)")
 def test_connect_ray_joined_the_sessions_head_with_its_token(ray_cluster: RayConnection) -> None:
     assert ray.is_initialized()
     assert not ray_cluster.started_local  # joined: leaving it does not stop the head
