@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from services.bench import recon as recon_bench
+from services.bench import speed as speed_bench
 from services.bench.pipeline import register_bench as register_pipeline_bench
 from services.commands.recon import progress_bar
-from services.recon.engine import ReconEngine
+from services.recon.engine import ReconEngine, ReconOptions
 from services.recon.errors import InputError
 
 bench_app = typer.Typer(
@@ -131,6 +132,41 @@ def bench_recon(
     typer.echo(f"peak RSS: {recon_bench.peak_rss_mb():.0f} MB")
     if json_out is not None:
         json_out.write_text(json.dumps([row._asdict() for row in rows], indent=2) + "\n")
+
+
+@bench_app.command("speed")
+def bench_speed(
+    slices: Annotated[int, typer.Option(min=1, help="slices timed per case")] = 3,
+    full_schedule: Annotated[
+        bool, typer.Option(help="also time the full-schedule sampler (about 15x slower)")
+    ] = False,
+    samples: Annotated[int, typer.Option(min=1, help="samples per slice")] = 8,
+    weights: Annotated[
+        Path | None, typer.Option(help="prior weights (default: the shipped prior)")
+    ] = None,
+) -> None:
+    """Seconds per slice of the diffusion sampler: 128 and 256 single-coil, 128 8-coil."""
+    import torch
+
+    cases = [c for c in speed_bench.SPEED_CASES if full_schedule or not c.full_schedule]
+    engine = ReconEngine(prior_path=weights)
+    with progress_bar() as bar:
+        task = bar.add_task("timing", total=slices * len(cases))
+        rows = speed_bench.bench_speed(
+            engine, cases, slices, ReconOptions(samples=samples), lambda: bar.advance(task)
+        )
+    table = Table(
+        title=f"mrdiff bench speed (diffusion, {samples} samples, 50+20 steps, "
+        f"{torch.get_num_threads()} torch threads)"
+    )
+    for column in ("case", "slices", "median s/slice", "min s", "max s", "peak RSS MB"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            row.case.name, str(len(row.seconds)), f"{row.median_seconds:.1f}",
+            f"{min(row.seconds):.1f}", f"{max(row.seconds):.1f}", f"{row.peak_rss_mb:.0f}",
+        )
+    Console(width=200).print(table)
 
 
 register_pipeline_bench(bench_app)  # `mrdiff bench pipeline`
