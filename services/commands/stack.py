@@ -190,16 +190,18 @@ def _summary(
             table.add_row(study.name, study.description, "-", study.options.method,
                           "not started", "-", "-", "-")
             continue
+        slices = "-"
+        if job.state.value == "succeeded":
+            folder = settings.data_dir / "demo" / "results" / study.name
+            copied += flow.copy_results(storage, job, folder)
+            slices = str(flow.reported_slices(folder))
         timings = job.timings
         table.add_row(
-            study.name, study.description, str(job.progress_total), study.options.method,
+            study.name, study.description, slices, study.options.method,
             job.state.value if not job.error else f"{job.state.value}: {job.error[:60]}",
             f"{timings.get('compute_seconds', 0.0):.1f}",
             f"{100 * timings.get('overhead_fraction', 0.0):.1f} %", job.job_id,
         )
-        if job.state.value == "succeeded":
-            folder = settings.data_dir / "demo" / "results" / study.name
-            copied += flow.copy_results(storage, job, folder)
     console.print(table)
     plan = stack.plan
     console.print("where to look:")
@@ -208,8 +210,13 @@ def _summary(
     console.print(f"  Ray dashboard: {plan.ray_dashboard_url}")
     console.print(f"  results in S3: {settings.s3_url}/{settings.results_bucket}/"
                   f"{flow.DEMO_TENANT}/jobs/<job>/ (keys from settings)")
-    console.print(f"  API (when running): {plan.api_url}/v1/jobs/<job>, viewer "
-                  f"{plan.api_url}/viewer/<job>")
+    for study in studies:
+        job = jobs.get(study.name)
+        if job is not None and job.state.value == "succeeded":
+            console.print(f"  {study.name} viewer: {plan.api_url}/viewer/{job.job_id}")
+            console.print(f"  {study.name} job (API): {plan.api_url}/v1/jobs/{job.job_id}")
+    console.print(f"  the viewer and API ask for a key of tenant {flow.DEMO_TENANT!r}: "
+                  f"`mrdiff api-key create --tenant {flow.DEMO_TENANT}`")
     if copied:
         console.print(f"  local copies: {copied[0].parents[1]}")
     console.print("the stack keeps running; stop it with `mrdiff down`")

@@ -180,6 +180,14 @@ def copy_results(storage: Storage, job: JobRecord, folder: Path) -> list[Path]:
             for name in wanted]
 
 
+def reported_slices(folder: Path) -> int | str:
+    """Slices of the study whose results were copied to ``folder`` (its report.json), or "?"."""
+    try:
+        return int(json.loads((folder / "report.json").read_text())["slices"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "?"
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
