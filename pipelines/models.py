@@ -55,10 +55,6 @@ def anomaly_unavailable_reason() -> str | None:
     """Why anomaly maps cannot be computed in this build, or None when they can."""
     if not DEFAULT_CLASSIFIER.exists():
         return f"anomaly maps are not available: no classifier weights at {DEFAULT_CLASSIFIER}"
-    from services.recon.engine import ReconEngine
-
-    if not hasattr(ReconEngine, "anomaly_slice"):
-        return "anomaly maps are not available: the reconstruction engine has no anomaly_slice"
     return None
 
 

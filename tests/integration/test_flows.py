@@ -5,7 +5,7 @@ produce results; the same object uploaded twice is processed once; a corrupt obj
 quarantine with its reason while the rest of the batch completes; a Ray actor killed mid-job
 does not lose a slice; flow runs, task runs and artifacts are in the Prefect API. Plus the
 deployment path (``submit_job`` -> served ``process-job`` run in its own process), the MinIO
-webhook, cancellation and the anomaly option failing clearly.
+webhook, cancellation and anomaly maps from the shipped models.
 """
 
 from __future__ import annotations
@@ -461,22 +461,28 @@ def test_cancelled_job_stops_between_slices_and_publishes_nothing(
     assert storage.objects.list(storage.results_bucket, f"{tenant}/_staging/") == []
 
 
-def test_anomaly_option_fails_clearly_until_the_models_ship(
-    storage: Storage, tenant: str, flow_settings: Settings, tmp_path: Path
+def test_anomaly_option_adds_anomaly_maps_from_the_shipped_models(
+    storage: Storage, tenant: str, flow_settings: Settings, warm_pool: WorkerPool, tmp_path: Path
 ) -> None:
-    from pipelines.models import anomaly_unavailable_reason
+    """Reconstruction plus Wolleb-style anomaly maps with the shipped prior and classifier."""
     from pipelines.process_job import process_job
 
-    reason = anomaly_unavailable_reason()
-    if reason is None:
-        pytest.skip("anomaly maps are available in this build")
-    key = storage.put_raw(tenant, "anomaly/scan.h5", path=kspace_h5(tmp_path / "a.h5"))
+    key = storage.put_raw(tenant, "anomaly/scan.h5", path=kspace_h5(tmp_path / "a.h5", 2, 32))
     options = JobOptions(method="zero-filled", anomaly=True)
-    with pytest.raises(InputError, match="anomaly maps are not available"):
-        submit_job(storage, tenant, [key], options)
     record = storage.jobs.create(tenant, input_keys=[key], options=options.as_record()).record
+
     state = process_job(tenant=tenant, job_id=record.job_id, return_state=True)
-    assert state.is_failed()
-    failed = storage.jobs.get(tenant, record.job_id)
-    assert failed.state is JobState.FAILED
-    assert "anomaly maps are not available" in (failed.error or "")
+
+    assert state.is_completed(), storage.jobs.get(tenant, record.job_id).error
+    names = {item.name for item in storage.list_results(tenant, record.job_id)}
+    assert {"reconstruction.h5", "anomaly_map.nii.gz", "previews/anomaly-000.png"} <= names
+    storage.download_result(tenant, record.job_id, "reconstruction.h5", tmp_path / "out.h5")
+    datasets, _ = read_reconstruction_h5(tmp_path / "out.h5")
+    anomaly_map = datasets["anomaly_map"]
+    assert anomaly_map.shape == datasets["reconstruction"].shape == (2, 32, 32)
+    assert np.isfinite(anomaly_map).all() and (anomaly_map >= 0).all()
+    report = json.loads(storage.get_result(tenant, record.job_id, "report.json"))
+    assert all(s["anomaly_seconds"] > 0 for s in report["per_slice"])
+    names = list(report["models"])  # model name -> sha256
+    assert len(names) == 2 and any("classifier" in n for n in names)
+    assert any("prior" in n for n in names)

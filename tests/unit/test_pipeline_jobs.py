@@ -49,9 +49,10 @@ def test_baselines_need_no_model_and_missing_prior_is_named(tmp_path: Path) -> N
         "prior": hashlib.sha256(b"w").hexdigest()}
 
 
-def test_anomaly_fails_clearly_while_unavailable() -> None:
-    reason = models.anomaly_unavailable_reason()
-    if reason is None:
-        pytest.skip("anomaly maps are available in this build")
-    with pytest.raises(InputError, match="anomaly maps are not available"):
+def test_anomaly_without_classifier_weights_fails_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert models.anomaly_unavailable_reason() is None  # the build ships the classifier
+    monkeypatch.setattr(models, "DEFAULT_CLASSIFIER", tmp_path / "none.pt")
+    with pytest.raises(InputError, match="anomaly maps are not available: no classifier"):
         models.require_models(JobOptions(method="zero-filled", anomaly=True))
