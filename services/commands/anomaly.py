@@ -146,9 +146,9 @@ def train_classifier_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from services.recon.classifier_training import train_classifier
-    from services.recon.training import StepLog
+    from services.recon.training import StepLog, stop_on_signals
 
-    with Progress(
+    with stop_on_signals(), Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),

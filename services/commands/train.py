@@ -12,7 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from services.recon.errors import InputError
 from services.recon.io.png import write_png
-from services.recon.training import StepLog, export_weights, latest_checkpoint, train_prior
+from services.recon.training import (
+    StepLog,
+    export_weights,
+    latest_checkpoint,
+    stop_on_signals,
+    train_prior,
+)
 
 train_app = typer.Typer(
     help="Train the diffusion prior and export its weights. Research use only, not for diagnosis.",
@@ -50,11 +56,14 @@ def train_prior_command(
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 250,
     workers: Annotated[int, typer.Option(help="data-loading worker processes (0 or 1)")] = 0,
 ) -> None:
-    """Train the prior, resuming from the run's latest checkpoint if there is one."""
+    """Train the prior, resuming from the run's latest checkpoint if there is one.
+
+    Ctrl-C or SIGTERM checkpoints the step in progress and stops; run it again to go on.
+    """
     previous = latest_checkpoint(run)
     if previous is not None:
         typer.echo(f"resuming from {previous}")
-    with Progress(
+    with stop_on_signals(), Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),

@@ -56,6 +56,7 @@ from services.recon.training import (
     default_threads,
     latest_checkpoint,
     open_bank,
+    stop_requested,
     write_weights,
 )
 
@@ -363,6 +364,9 @@ def iter_train_classifier(
             loss_value = state.optimise(loss, settings)
             accuracy = float(((logits.detach() > 0).long() == labels).float().mean())
             yield recorder.record(state.step, loss_value, (f"{accuracy:.3f}",))
+            if stop_requested():
+                recorder.checkpoint(state.step)
+                return
 
 
 def train_classifier(

@@ -18,6 +18,8 @@ import contextlib
 import csv
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -279,6 +281,31 @@ class _RunState(TrainState):
         )
 
 
+_stop_requested = threading.Event()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While active, SIGINT or SIGTERM asks the training loop to checkpoint the step it is on and
+    stop (instead of losing the steps since the last checkpoint). Main thread only (the CLI)."""
+
+    def request_stop(signum: int, frame: object) -> None:
+        _stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _stop_requested.clear()
+
+
+def stop_requested() -> bool:
+    """True once :func:`stop_on_signals` caught a signal; training loops end after the step."""
+    return _stop_requested.is_set()
+
+
 class StepRecorder:
     """``loss.csv`` rows, step timing and checkpoints every ``checkpoint_every`` steps.
 
@@ -296,6 +323,7 @@ class StepRecorder:
         self.writer, self.handle = writer, handle
         self.run_path, self.settings, self.save = run_path, settings, save
         self.started = time.perf_counter()
+        self.saved_step: int | None = None
 
     def record(self, step: int, loss: float, extra: tuple[str, ...] = ()) -> StepLog:
         """Log step ``step`` (checkpointing when due) and return its :class:`StepLog`."""
@@ -304,9 +332,16 @@ class StepRecorder:
         self.writer.writerow([step, f"{loss:.6f}", f"{seconds:.3f}", *extra])
         self.handle.flush()
         if step % self.settings.checkpoint_every == 0 or step == self.settings.steps:
-            self.save(self.run_path / CHECKPOINT_DIR / f"step_{step:08d}.pt")
-            _prune_checkpoints(self.run_path, self.settings.keep_checkpoints)
+            self.checkpoint(step)
         return StepLog(step, self.settings.steps, loss, seconds)
+
+    def checkpoint(self, step: int) -> None:
+        """Write the checkpoint of ``step`` (once) and prune old ones."""
+        if step == self.saved_step:
+            return
+        self.save(self.run_path / CHECKPOINT_DIR / f"step_{step:08d}.pt")
+        _prune_checkpoints(self.run_path, self.settings.keep_checkpoints)
+        self.saved_step = step
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -413,6 +448,9 @@ def iter_train(
             loss = diffusion_loss(state.model, schedule, x0, t, noise, settings.bf16)
             loss_value = state.optimise(loss, settings)
             yield recorder.record(state.step, loss_value)
+            if stop_requested():
+                recorder.checkpoint(state.step)
+                return
 
 
 def open_bank(bank_dir: str | Path) -> Dataset[Tensor]:

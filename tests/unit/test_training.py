@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,12 +17,15 @@ from services.recon.errors import InputError
 from services.recon.prior import load_prior, p99_scale
 from services.recon.training import (
     StepBatchSampler,
+    StepLog,
+    TrainResult,
     TrainSettings,
     checkpoint_paths,
     diffusion_loss,
     export_weights,
     iter_train,
     read_checkpoint,
+    stop_on_signals,
     to_prior_intensity,
     train_prior,
 )
@@ -111,6 +116,22 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
             torch.testing.assert_close(resumed[key][name], value, rtol=0, atol=0)
     with (tmp_path / "resumed" / "loss.csv").open() as handle:
         assert [row["step"] for row in csv.DictReader(handle)] == ["1", "2", "3", "4"]
+
+
+def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+
+    def terminate_at_step_three(entry: StepLog) -> None:
+        if entry.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with stop_on_signals():
+        result = train(run, 10, checkpoint_every=100, on_step=terminate_at_step_three)
+    assert isinstance(result, TrainResult) and result.step == 3
+    assert [path.name for path in checkpoint_paths(run)] == ["step_00000003.pt"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    train(run, 5, checkpoint_every=100)  # resumes from step 3
+    assert read_checkpoint(checkpoint_paths(run)[-1])["step"] == 5
 
 
 def test_checkpoints_hold_everything_and_old_ones_are_pruned(tmp_path: Path) -> None:
