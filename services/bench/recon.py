@@ -208,11 +208,13 @@ DIFFUSION_VARIANTS: dict[str, ReconOptions] = {
     "diffusion": ReconOptions(method="diffusion"),
     "diffusion-warm": ReconOptions(method="diffusion", warm_start=400),
     "diffusion-full": ReconOptions(method="diffusion", full_schedule=True),
+    "diffusion-eta0": ReconOptions(method="diffusion", eta=0.0),
     "diffusion-warm-tv": ReconOptions(
         method="diffusion", warm_start=WARM_START_FROM_CS, warm_start_from="cs-tv"
     ),
 }
-"""Named diffusion configurations; ``diffusion-warm-tv`` starts from CS-TV (validation lambda)."""
+"""Named diffusion configurations; ``diffusion-warm-tv`` starts from CS-TV (validation lambda),
+``diffusion-eta0`` takes deterministic DDIM coarse steps (the samples differ by their start)."""
 DEFAULT_SETTINGS = (
     Setting("random1d", 4.0),
     Setting("random1d", 8.0),

@@ -73,6 +73,9 @@ def reconstruct(
     samples: Annotated[int, typer.Option(help="diffusion samples N")] = 8,
     steps: Annotated[int, typer.Option(help="coarse respaced diffusion steps")] = 50,
     refine_steps: Annotated[int, typer.Option(help="fine refinement steps")] = 20,
+    eta: Annotated[
+        float, typer.Option(help="coarse-step stochasticity: 1 DDPM-like, 0 deterministic DDIM")
+    ] = 1.0,
     warm_start: Annotated[int | None, typer.Option(help="start at this diffusion step")] = None,
     warm_start_from: Annotated[
         str, typer.Option(help=f"warm start estimate: {', '.join(WARM_START_SOURCES)}")
@@ -100,6 +103,7 @@ def reconstruct(
         samples=samples,
         steps=steps,
         refine_steps=refine_steps,
+        eta=eta,
         seed=seed,
         warm_start=warm_start,
         warm_start_from=warm_start_from,

@@ -43,6 +43,7 @@ class ReconOptions:
     samples: int = 8
     steps: int = 50
     refine_steps: int = 20
+    eta: float = 1.0
     seed: int = 0
     warm_start: int | None = None
     warm_start_from: str = "zero-filled"
@@ -60,6 +61,8 @@ class ReconOptions:
             raise InputError(f"samples must be at least 1, got {self.samples}")
         if self.steps < 1 or self.refine_steps < 0:
             raise InputError("steps must be >= 1 and refine_steps >= 0")
+        if not 0.0 <= self.eta <= 1.0:
+            raise InputError(f"eta must be in [0, 1], got {self.eta}")
         if self.warm_start_from not in WARM_START_SOURCES:
             raise InputError(
                 f"unknown warm start source {self.warm_start_from!r}; "
@@ -301,6 +304,7 @@ class ReconEngine:
             samples=options.samples,
             steps=options.steps,
             refine_steps=options.refine_steps,
+            eta=options.eta,
             warm_start=options.warm_start,
             full_schedule=options.full_schedule,
         )
@@ -383,6 +387,7 @@ def assemble_volume(
             samples=options.samples,
             steps=options.steps,
             refine_steps=options.refine_steps,
+            eta=options.eta,
         )
         if options.warm_start is not None:
             attrs["warm_start"] = options.warm_start

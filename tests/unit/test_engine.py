@@ -164,3 +164,14 @@ def test_warm_start_from_cs_tv_is_recorded_and_starts_elsewhere(tiny_prior: Load
 def test_unknown_warm_start_source_is_named() -> None:
     with pytest.raises(InputError, match="warm start source"):
         ReconOptions(warm_start=100, warm_start_from="grappa").validated()
+
+
+def test_eta_reaches_the_sampler_and_is_checked(tiny_prior: LoadedPrior) -> None:
+    engine = ReconEngine.from_prior(tiny_prior)
+    volume = retrospective_kspace(image_volume(slices=1), RetrospectiveOptions(accel=3.0))
+    base = ReconOptions(samples=2, steps=4, refine_steps=2)
+    stochastic = engine.reconstruct_volume(volume, base)
+    deterministic = engine.reconstruct_volume(volume, replace(base, eta=0.0))
+    assert not np.allclose(stochastic.reconstruction, deterministic.reconstruction)
+    with pytest.raises(InputError, match="eta must be in"):
+        replace(base, eta=1.5).validated()
