@@ -7,7 +7,7 @@ steps; Peng et al., MICCAI 2022) in four cases:
 
 - ``128 single-coil``: the design's working size (2 mm pixels);
 - ``128 single-coil, full schedule``: the same N and data consistency on all T steps, for the
-  coarse-to-fine speed-up (optional: about 15x slower);
+  coarse-to-fine speed-up (optional: about 18x slower);
 - ``256 single-coil``: 1 mm pixels; the fully convolutional UNet runs at 4x the pixels;
 - ``128 8-coil``: birdcage coils, ESPIRiT maps from the calibration region and SENSE data
   consistency (map estimation included in the time).

@@ -138,7 +138,7 @@ def bench_recon(
 def bench_speed(
     slices: Annotated[int, typer.Option(min=1, help="slices timed per case")] = 3,
     full_schedule: Annotated[
-        bool, typer.Option(help="also time the full-schedule sampler (about 15x slower)")
+        bool, typer.Option(help="also time the full-schedule sampler (about 18x slower)")
     ] = False,
     samples: Annotated[int, typer.Option(min=1, help="samples per slice")] = 8,
     weights: Annotated[
