@@ -236,15 +236,23 @@ def save_tiny_weights(
     return prior_path, classifier_path
 
 
+def cli_inputs(
+    prior: LoadedPrior, classifier: LoadedClassifier, folder: Path
+) -> tuple[Path, Path, Path]:
+    """A 2-slice NIfTI head phantom and the tiny networks' weights files, for CLI tests."""
+    from services.recon.io import write_nifti
+
+    volume = np.stack([head_phantom(32), head_phantom(32) * 2]) * 100
+    source = write_nifti(folder / "in.nii.gz", volume, (2.0, 2.0), 2.0)
+    return (source, *save_tiny_weights(prior, classifier, folder))
+
+
 def test_cli_writes_anomaly_h5_from_nifti(
     tmp_path: Path, tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
 ) -> None:
     from services.cli import main
-    from services.recon.io import write_nifti
 
-    volume = np.stack([head_phantom(32), head_phantom(32) * 2]) * 100
-    source = write_nifti(tmp_path / "in.nii.gz", volume, (2.0, 2.0), 2.0)
-    prior_path, classifier_path = save_tiny_weights(tiny_prior, tiny_classifier, tmp_path)
+    source, prior_path, classifier_path = cli_inputs(tiny_prior, tiny_classifier, tmp_path)
     out = tmp_path / "out.h5"
     args = [
         "anomaly",
@@ -267,7 +275,7 @@ def test_cli_writes_anomaly_h5_from_nifti(
     main(args)
     with h5py.File(out, "r") as h5:
         assert set(h5) == {"anomaly_map", "healthy", "anomaly_mask"}
-        assert h5["anomaly_map"].shape == volume.shape and h5["anomaly_mask"].dtype == bool
+        assert h5["anomaly_map"].shape == (2, 32, 32) and h5["anomaly_mask"].dtype == bool
         assert float(np.min(h5["anomaly_map"][()])) >= 0
         attrs = dict(h5.attrs)
     assert attrs["anomaly_L"] == 200 and attrs["anomaly_s"] == 10.0 and attrs["seed"] == 4
@@ -326,11 +334,8 @@ def test_reconstruct_with_anomaly_adds_the_maps_of_the_reconstruction(
     tmp_path: Path, tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
 ) -> None:
     from services.cli import main
-    from services.recon.io import write_nifti
 
-    volume = np.stack([head_phantom(32), head_phantom(32) * 2]) * 100
-    source = write_nifti(tmp_path / "in.nii.gz", volume, (2.0, 2.0), 2.0)
-    prior_path, classifier_path = save_tiny_weights(tiny_prior, tiny_classifier, tmp_path)
+    source, prior_path, classifier_path = cli_inputs(tiny_prior, tiny_classifier, tmp_path)
     out = tmp_path / "recon.h5"
     args = ["reconstruct", str(source), "--out", str(out), "--method", "zero-filled"]
     args += ["--anomaly", "--weights", str(prior_path), "--classifier", str(classifier_path)]
