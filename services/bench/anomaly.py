@@ -33,6 +33,7 @@ from scipy import ndimage
 from services.recon import metrics, physics
 from services.recon.anomaly import (
     DEFAULTS_FILE,
+    REFERENCES,
     AnomalyConfig,
     AnomalyDetector,
     AnomalyResult,
@@ -152,7 +153,7 @@ def resmoothed(
     sigma_px: float,
     heads: list[np.ndarray],
 ) -> list[AnomalyResult]:
-    """Results with maps re-smoothed from the raw ``|input - healthy|`` (cheap tuning)."""
+    """Results with maps re-smoothed from raw (unsmoothed) maps (cheap tuning)."""
     out = []
     for result, raw, head in zip(results, raw_maps, heads, strict=True):
         sigma = sigma_px * raw.shape[-1] / 128.0
@@ -278,7 +279,7 @@ def tune_method(
     batch: int = 8,
     on_batch: Callable[[int], None] | None = None,
 ) -> TuningResult:
-    """Grid search of (L, s, smoothing) for ``method`` on validation lesion cases."""
+    """Grid search of (L, s, reference, smoothing) for ``method`` on validation lesion cases."""
     grid: list[tuple[int, float]]
     if method == "guided":
         grid = list(itertools.product(noise_levels, scales))
@@ -291,16 +292,28 @@ def tune_method(
     best: tuple[float, AnomalyConfig, dict[str, float]] | None = None
     tried = 0
     for level, scale in grid:
-        config = replace(base, method=method, noise_level=level, scale=scale, smoothing_px=0.0)
+        # Guided runs decode without guidance too, so one run scores both references.
+        reference = "unguided" if method == "guided" else "input"
+        config = replace(
+            base,
+            method=method,
+            noise_level=level,
+            scale=scale,
+            smoothing_px=0.0,
+            reference=reference,
+        )
         results = run_detector(AnomalyDetector(prior, classifier, config), inputs, batch, on_batch)
-        raw = [r.anomaly_map for r in results]
-        for smoothing in smoothings:
+        raw_maps = {"input": [np.abs(x - r.healthy) for x, r in zip(inputs, results, strict=True)]}
+        if reference == "unguided":
+            raw_maps["unguided"] = [r.anomaly_map for r in results]
+        for (reference_name, raw), smoothing in itertools.product(raw_maps.items(), smoothings):
             smoothed = resmoothed(results, raw, smoothing, heads)
             row = lesion_only_score(cases, smoothed, method, inputs)
             tried += 1
             value = selection_score(row)
             if best is None or value > best[0]:
-                best = (value, replace(config, smoothing_px=smoothing), row)
+                chosen = replace(config, smoothing_px=smoothing, reference=reference_name)
+                best = (value, chosen, row)
     assert best is not None
     return TuningResult(best[1], best[2]["auroc_head"], best[2]["dice_otsu"], tried)
 
@@ -346,6 +359,7 @@ def save_defaults(
             "L": searched["L"] if name != "zscore" else [],
             "s": searched["s"] if name == "guided" else [0.0],
             "smoothing_px": searched["smoothing_px"],
+            "reference": list(REFERENCES) if name == "guided" else ["input"],
         }
         entry["validation_auroc_head"] = round(result.auroc_head, 4)
         entry["validation_dice_otsu"] = round(result.dice_otsu, 4)

@@ -43,6 +43,7 @@ def build_detector(
     steps: int | None = None,
     smoothing: float | None = None,
     seed: int = 0,
+    reference: str | None = None,
 ) -> AnomalyDetector:
     """A detector with the validation-chosen defaults, overridden where a knob is given."""
     from services.recon.classifier import load_classifier
@@ -54,6 +55,7 @@ def build_detector(
         "scale": scale,
         "steps": steps,
         "smoothing_px": smoothing,
+        "reference": reference,
     }
     config = AnomalyConfig(
         **{**config.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
@@ -90,6 +92,13 @@ def anomaly(
     ] = None,
     steps: Annotated[int | None, typer.Option(help="DDIM steps between 0 and L")] = None,
     smoothing: Annotated[float | None, typer.Option(help="Gaussian smoothing (px at 128)")] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="guided only: compare the healthy version with the input or with the unguided "
+            "decoding (default: chosen on validation)"
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed recorded with the output")] = 0,
     weights: PriorOption = None,
     classifier: ClassifierOption = None,
@@ -109,7 +118,7 @@ def anomaly(
             f"{input_path} holds k-space; reconstruct it first (mrdiff reconstruct --anomaly)"
         )
     detector = build_detector(
-        method, weights, classifier, noise_level, scale, steps, smoothing, seed
+        method, weights, classifier, noise_level, scale, steps, smoothing, seed, reference
     )
     started = time.perf_counter()
     results: list[AnomalyResult] = []
@@ -313,7 +322,12 @@ def _grid(text: str | None, default: tuple[Any, ...], kind: type) -> list[Any]:
 
 
 def bench_anomaly_command(
-    methods: Annotated[str, typer.Option(help="methods")] = "guided,unguided,zscore",
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="methods; guided@input or guided@unguided fixes the guided map's reference"
+        ),
+    ] = "guided,unguided,zscore",
     max_slices: Annotated[int | None, typer.Option(help="evaluation slices (default all)")] = None,
     recon_slices: Annotated[
         int, typer.Option(help="slices also mapped from 4x diffusion reconstructions")
@@ -328,7 +342,7 @@ def bench_anomaly_command(
 
     chosen_methods = [m.strip() for m in methods.split(",") if m.strip()]
     cases = bench.build_cases("evaluation", max_slices)
-    detectors = {m: build_detector(m, weights, classifier) for m in chosen_methods}
+    detectors = {m: _bench_detector(m, weights, classifier) for m in chosen_methods}
     recon = None
     if recon_slices > 0:
         from services.recon.engine import ReconEngine, ReconOptions
@@ -345,6 +359,14 @@ def bench_anomaly_command(
     print_rows(rows, "mrdiff bench anomaly (evaluation split, held-out lesion family)")
     if json_out is not None:
         json_out.write_text(json.dumps([row._asdict() for row in rows], indent=2) + "\n")
+
+
+def _bench_detector(
+    name: str, weights: Path | None, classifier: Path | None
+) -> AnomalyDetector:
+    """``method`` or ``method@reference`` -> a detector with validation-chosen knobs."""
+    method, _, reference = name.partition("@")
+    return build_detector(method, weights, classifier, reference=reference or None)
 
 
 def register(app: typer.Typer) -> None:

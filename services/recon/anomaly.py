@@ -7,6 +7,10 @@ Dhariwal & Nichol, NeurIPS 2021: ``eps <- eps - s sqrt(1 - abar_t) grad log p(he
 What the decoder changes is what looked abnormal: ``anomaly_map = |input - healthy|`` (lightly
 smoothed), and ``anomaly_mask`` is the map above its Otsu threshold inside the head.
 
+With ``reference="unguided"`` the map is ``|unguided - healthy|`` instead: the same encoding
+decoded once without and once with guidance, so what the prior cannot reproduce of an image it
+has not seen (its own reconstruction error) cancels and only the classifier's change remains.
+
 Three methods share one interface (:class:`AnomalyDetector`):
 
 - ``guided``: the method above;
@@ -46,6 +50,8 @@ from services.recon.prior import LoadedPrior
 from services.recon.unet import crop_to, pad_to_multiple
 
 METHODS = ("guided", "unguided", "zscore")
+REFERENCES = ("input", "unguided")
+"""What the healthy version is compared with: the input (Wolleb et al.) or its unguided decoding."""
 RESEARCH_USE_ONLY = "research use only, not for diagnosis"
 DEFAULTS_FILE = Path(__file__).resolve().parent / "weights" / "anomaly_defaults.json"
 """Knobs chosen on the validation split by ``mrdiff bench tune-anomaly``."""
@@ -64,6 +70,7 @@ class AnomalyConfig:
     steps: int = 25
     scale: float = 100.0
     smoothing_px: float = 1.0
+    reference: str = "input"
     seed: int = 0
     bf16: bool = True
 
@@ -81,6 +88,12 @@ class AnomalyConfig:
             raise InputError(f"guidance scale s must be non-negative, got {self.scale}")
         if self.smoothing_px < 0:
             raise InputError(f"smoothing must be non-negative, got {self.smoothing_px}")
+        if self.reference not in REFERENCES:
+            raise InputError(
+                f"unknown anomaly reference {self.reference!r}; choose {', '.join(REFERENCES)}"
+            )
+        if self.reference == "unguided" and self.method != "guided":
+            raise InputError("reference 'unguided' is only for the guided method")
         return self
 
 
@@ -114,6 +127,13 @@ class AnomalyResult(NamedTuple):
     healthy: np.ndarray
     anomaly_mask: np.ndarray
     seconds: float
+
+
+class Decoded(NamedTuple):
+    """Magnitudes decoded from the DDIM encoding: (guided) healthy, and unguided when asked."""
+
+    healthy: np.ndarray
+    unguided: np.ndarray | None
 
 
 def stack_results(results: list[AnomalyResult]) -> dict[str, np.ndarray]:
@@ -230,6 +250,7 @@ class AnomalyDetector:
         if cfg.method != "zscore":
             attrs.update(anomaly_L=cfg.noise_level, anomaly_steps=cfg.steps)
             attrs.update(anomaly_s=cfg.scale if cfg.method == "guided" else 0.0)
+            attrs.update(anomaly_reference=cfg.reference)
         if self.prior is not None and cfg.method != "zscore":
             attrs.update(prior_model=self.prior.name, prior_sha256=self.prior.sha256)
         if self.classifier is not None and cfg.method == "guided":
@@ -252,8 +273,10 @@ class AnomalyDetector:
             maps = np.stack([p[0] for p in pairs])
             healthy = np.stack([p[1] for p in pairs])
         else:
-            healthy = self.healthy_batch(magnitudes)
-            maps = np.abs(magnitudes - healthy)
+            decoded = self.decode_batch(magnitudes)
+            healthy = decoded.healthy
+            reference = decoded.unguided if decoded.unguided is not None else magnitudes
+            maps = np.abs(reference - healthy)
         if self.config.smoothing_px > 0:
             sigma = self.config.smoothing_px * magnitudes.shape[-1] / 128.0
             maps = np.stack([ndimage.gaussian_filter(m, sigma) for m in maps])
@@ -268,8 +291,11 @@ class AnomalyDetector:
             for i in range(len(magnitudes))
         ]
 
-    def healthy_batch(self, magnitudes: np.ndarray) -> np.ndarray:
-        """Healthy versions of magnitude slices ``(B, H, W)``: DDIM encode to L, (guided) decode."""
+    def decode_batch(self, magnitudes: np.ndarray) -> Decoded:
+        """DDIM-encode magnitude slices ``(B, H, W)`` to L and decode them (guided if asked).
+
+        The unguided decoding of the same encoding comes too when the reference is "unguided".
+        """
         assert self.prior is not None
         prior, cfg = self.prior, self.config
         device = prior.device
@@ -282,10 +308,17 @@ class AnomalyDetector:
         guidance = self._guidance() if cfg.method == "guided" and cfg.scale > 0 else None
         with torch.no_grad():
             x_t = ddim_encode(eps_model, prior.schedule, x0, timesteps)
-        decoded = ddim_decode(eps_model, prior.schedule, x_t, timesteps, guidance)
-        decoded = crop_to(decoded, offset, magnitudes.shape[-2:])
-        healthy = decoded.float().pow(2).sum(dim=1).sqrt() * scale[:, None, None]
-        return healthy.detach().cpu().numpy()
+
+        def magnitude_of(decoded: Tensor) -> np.ndarray:
+            decoded = crop_to(decoded, offset, magnitudes.shape[-2:])
+            healthy = decoded.float().pow(2).sum(dim=1).sqrt() * scale[:, None, None]
+            return healthy.detach().cpu().numpy()
+
+        healthy = magnitude_of(ddim_decode(eps_model, prior.schedule, x_t, timesteps, guidance))
+        unguided = None
+        if cfg.reference == "unguided":
+            unguided = magnitude_of(ddim_decode(eps_model, prior.schedule, x_t, timesteps))
+        return Decoded(healthy, unguided)
 
     def _autocast(self, device: torch.device) -> torch.autocast:
         enabled = self.config.bf16 and device.type in ("cpu", "cuda")

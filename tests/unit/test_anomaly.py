@@ -376,3 +376,49 @@ def test_tuned_defaults_round_trip_through_the_defaults_file(
     save_defaults({"zscore": zscore}, None, None, path)
     assert default_config("unguided", path=path).noise_level == 300
     assert default_config("guided", path=path) == AnomalyConfig()
+
+
+def test_unguided_reference_leaves_only_what_guidance_changed(
+    tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    image = head_phantom(32) * 40.0
+    knobs: dict[str, object] = {"smoothing_px": 0.0, "bf16": False}
+    unguided = detector(tiny_prior, tiny_classifier, method="unguided", **knobs).detect(image)
+    zero = detector(tiny_prior, tiny_classifier, scale=0.0, reference="unguided", **knobs)
+    assert not zero.detect(image).anomaly_map.any()
+    contrast = detector(tiny_prior, tiny_classifier, scale=500.0, reference="unguided", **knobs)
+    result = contrast.detect(image)
+    np.testing.assert_allclose(
+        result.anomaly_map, np.abs(unguided.healthy - result.healthy), rtol=1e-5, atol=1e-5
+    )
+    assert result.anomaly_map.max() > 0
+    assert contrast.attributes()["anomaly_reference"] == "unguided"
+    with pytest.raises(InputError, match="only for the guided"):
+        detector(tiny_prior, tiny_classifier, method="unguided", reference="unguided")
+    with pytest.raises(InputError, match="unknown anomaly reference"):
+        detector(tiny_prior, tiny_classifier, reference="mean")
+
+
+def test_tuning_scores_both_references_of_one_guided_run(
+    tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    from services.bench.anomaly import Case, lesion_only_score, run_detector, tune_method
+    from services.recon.data.splits import EvalSlice
+
+    cases = []
+    for seed in (3, 4):
+        image = head_phantom(32).astype(np.float32)
+        lesioned = insert_lesion(image, seed)
+        reference = EvalSlice("phantom", "phantom", seed, image, False, 2.0)
+        head = foreground_mask(lesioned.image)
+        cases.append(Case(reference, image, lesioned.image, lesioned.lesion_mask, head, "large"))
+    base = AnomalyConfig(steps=3, bf16=False)
+    result = tune_method(
+        tiny_prior, tiny_classifier, "guided", cases, base, [200], [50.0], [0.0, 1.0]
+    )
+    assert result.tried == 4  # 2 references x 2 smoothings from one (L, s) run
+    inputs = [c.lesion_image for c in cases]
+    rerun = run_detector(AnomalyDetector(tiny_prior, tiny_classifier, result.config), inputs)
+    again = lesion_only_score(cases, rerun, "guided", inputs)
+    assert again["auroc_head"] == pytest.approx(result.auroc_head, abs=1e-6)
+    assert again["dice_otsu"] == pytest.approx(result.dice_otsu, abs=1e-6)
