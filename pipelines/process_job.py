@@ -25,12 +25,12 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run as current_flow_run
@@ -53,6 +53,8 @@ from services.storage.storage import Storage
 
 log = logging.getLogger(__name__)
 CACHE_LIFETIME = timedelta(days=7)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _logger() -> Any:
@@ -100,14 +102,20 @@ def _compute_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     return f"{parameters.get('stage')}-{key}" if key else None
 
 
-@task(
-    name="reconstruct",
-    cache_key_fn=_compute_cache_key,
-    cache_expiration=CACHE_LIFETIME,
-    persist_result=True,
-    retries=1,
-    retry_condition_fn=lambda task, run, state: not _is_cancel_or_input_error(state),
-)
+def _compute_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """A compute stage's task: cached by processing key, retried once unless cancelled or the
+    input is bad."""
+    return task(
+        name=name,
+        cache_key_fn=_compute_cache_key,
+        cache_expiration=CACHE_LIFETIME,
+        persist_result=True,
+        retries=1,
+        retry_condition_fn=lambda task, run, state: not _is_cancel_or_input_error(state),
+    )
+
+
+@_compute_task("reconstruct")
 def reconstruct(
     pool: Any, study: Study, options: JobOptions, progress: SliceProgress,
     processing_key: str | None, stage: str = "reconstruct",
@@ -120,14 +128,7 @@ def reconstruct(
     )
 
 
-@task(
-    name="anomaly-maps",
-    cache_key_fn=_compute_cache_key,
-    cache_expiration=CACHE_LIFETIME,
-    persist_result=True,
-    retries=1,
-    retry_condition_fn=lambda task, run, state: not _is_cancel_or_input_error(state),
-)
+@_compute_task("anomaly-maps")
 def anomaly_maps(
     pool: Any, images: Any, options: JobOptions, progress: SliceProgress,
     processing_key: str | None, stage: str = "anomaly",

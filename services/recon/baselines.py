@@ -118,10 +118,22 @@ def _sigpy_problem(
     return _SigpyProblem(kspace, maps, absolute, mask.astype(np.float32))
 
 
-def _solve(app: Any) -> np.ndarray:
-    """Run a sigpy app and bring its image to the host as complex64."""
+def _solve(
+    app_class: Callable[..., Any], problem: _SigpyProblem, max_iter: int, **step_sizes: float
+) -> np.ndarray:
+    """Run the sigpy MRI app ``app_class`` on ``problem`` with the given step sizes and bring
+    its image to the host as complex64."""
     import sigpy
 
+    app = app_class(
+        problem.kspace,
+        problem.maps,
+        problem.lam,
+        weights=problem.weights,
+        max_iter=max_iter,
+        show_pbar=False,
+        **step_sizes,
+    )
     return np.asarray(sigpy.to_device(app.run(), sigpy.cpu_device), dtype=np.complex64)
 
 
@@ -151,17 +163,8 @@ def cs_l1_wavelet(
     import sigpy.mri.app
 
     problem = _sigpy_problem(kspace, mask, lam, maps, max_iter)
-    return _solve(
-        sigpy.mri.app.L1WaveletRecon(
-            problem.kspace,
-            problem.maps,
-            problem.lam,
-            weights=problem.weights,
-            max_iter=max_iter,
-            alpha=1.0 / _sense_norm_bound(problem.maps),
-            show_pbar=False,
-        )
-    )
+    alpha = 1.0 / _sense_norm_bound(problem.maps)
+    return _solve(sigpy.mri.app.L1WaveletRecon, problem, max_iter, alpha=alpha)
 
 
 def cs_tv(
@@ -178,16 +181,11 @@ def cs_tv(
     norm = float(np.sqrt(_sense_norm_bound(problem.maps) + _FINITE_DIFFERENCE_NORM_BOUND))
     ratio = _tv_step_ratio(lam)
     return _solve(
-        sigpy.mri.app.TotalVariationRecon(
-            problem.kspace,
-            problem.maps,
-            problem.lam,
-            weights=problem.weights,
-            max_iter=max_iter,
-            tau=ratio / norm,
-            sigma=1.0 / (ratio * norm),
-            show_pbar=False,
-        )
+        sigpy.mri.app.TotalVariationRecon,
+        problem,
+        max_iter,
+        tau=ratio / norm,
+        sigma=1.0 / (ratio * norm),
     )
 
 

@@ -14,7 +14,7 @@ call a slice diseased, and the gradient of ``log p(healthy)`` lands where the ev
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,8 +24,18 @@ from torch import Tensor, nn
 
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
-from services.recon.prior import p99_scale, pick_device, sha256_of
-from services.recon.unet import ResidualBlock, timestep_embedding
+from services.recon.prior import (
+    malformed_as_input_error,
+    p99_scale,
+    pick_device,
+    read_weights_file,
+)
+from services.recon.unet import (
+    ResidualBlock,
+    config_from_dict,
+    config_to_dict,
+    timestep_embedding,
+)
 
 HEALTHY = 0
 LESION = 1
@@ -44,20 +54,11 @@ class ClassifierConfig:
     pool_sharpness: float = 4.0
 
     def to_dict(self) -> dict[str, Any]:
-        spec = asdict(self)
-        spec["channels"] = list(self.channels)
-        return spec
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> ClassifierConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(spec) - known
-        if unknown:
-            raise ValueError(f"unknown classifier config keys: {sorted(unknown)}")
-        values = dict(spec)
-        if "channels" in values:
-            values["channels"] = tuple(int(c) for c in values["channels"])
-        return cls(**values)
+        return config_from_dict(cls, spec, "classifier config")
 
 
 class NoiseAwareClassifier(nn.Module):
@@ -182,36 +183,19 @@ def load_classifier(
     with ``<file>.sha256`` beside it (checked when present). Raises :class:`InputError` for a
     missing, malformed or mismatching file; never touches the network.
     """
-    weights_path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not weights_path.is_file():
-        hint = " (train one: `mrdiff train-classifier`)" if path is None else ""
-        raise InputError(f"classifier weights not found: {weights_path}{hint}")
-    sha256 = sha256_of(weights_path)
-    sidecar = weights_path.with_name(weights_path.name + ".sha256")
-    if sidecar.is_file():
-        recorded = sidecar.read_text().split()
-        if not recorded or recorded[0].lower() != sha256:
-            raise InputError(f"classifier weights {weights_path} do not match {sidecar.name}")
-    try:
-        payload = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise InputError(f"classifier weights {weights_path} are unreadable: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
-        raise InputError(f"{weights_path} is not an mrdiff classifier weights file")
+    hint = " (train one: `mrdiff train-classifier`)"
+    weights_path, sha256, payload = read_weights_file(
+        path, DEFAULT_WEIGHTS, "classifier", WEIGHTS_FORMAT, hint
+    )
     if payload.get("format_version") != WEIGHTS_FORMAT_VERSION:
         raise InputError(f"classifier weights {weights_path}: unsupported format_version")
     if payload.get("input") != INPUT_CONVENTION:
         raise InputError(f"classifier weights {weights_path}: unsupported input convention")
-    try:
+    with malformed_as_input_error("classifier", weights_path):
         config = ClassifierConfig.from_dict(dict(payload["classifier_config"]))
         schedule = DiffusionSchedule.from_dict(dict(payload["schedule"]))
         model = NoiseAwareClassifier(config)
         model.load_state_dict(payload["state_dict"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as error:
-        first_line = (str(error).strip().splitlines() or [repr(error)])[0]
-        raise InputError(
-            f"classifier weights {weights_path} are malformed: {first_line}"
-        ) from error
     model = classifier_to_device(model, pick_device(device)).eval()
     model.requires_grad_(False)
     return LoadedClassifier(

@@ -16,7 +16,6 @@ autocast and channels_last on CPU; export of the EMA weights with a ``.sha256`` 
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,22 +40,22 @@ from services.recon.data.lesions import TRAINING_FAMILY, LesionFamily, insert_le
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
 from services.recon.metrics import auroc
-from services.recon.prior import RESEARCH_USE_ONLY, pick_device
+from services.recon.prior import RESEARCH_USE_ONLY
 from services.recon.training import (
-    LOSS_LOG,
     ExportedWeights,
     StepLog,
-    StepRecorder,
     TrainResult,
     TrainSettings,
     TrainState,
     _autocast,
     _step_generator,
-    _truncate_loss_log,
-    default_threads,
-    latest_checkpoint,
+    drain_run,
+    iter_steps,
+    latest_payload,
+    load_checkpoint,
     open_bank,
-    stop_requested,
+    resumed_config,
+    start_run,
     write_weights,
 )
 
@@ -270,13 +269,7 @@ class _ClassifierRun(TrainState):
 
 def read_classifier_checkpoint(path: Path) -> dict[str, Any]:
     """Load a classifier training checkpoint on the CPU."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise InputError(f"checkpoint {path} is unreadable: {error}") from error
-    if not isinstance(payload, dict) or "classifier_config" not in payload or "ema" not in payload:
-        raise InputError(f"{path} is not an mrdiff classifier checkpoint")
-    return payload
+    return load_checkpoint(path, ("classifier_config", "ema"), "classifier")
 
 
 def iter_train_classifier(
@@ -298,75 +291,49 @@ def iter_train_classifier(
     whole slices (what the anomaly maps feed it; each checkpoint records the crop it used);
     without ``resume`` a run folder holding checkpoints is refused.
     """
-    settings.validate()
-    run_path = Path(run_dir)
-    torch.set_num_threads(threads or default_threads())
-    target = pick_device(device)
+    run = start_run(run_dir, settings, resume, threads, device, read_classifier_checkpoint)
     schedule = DiffusionSchedule.cosine()
-    latest = latest_checkpoint(run_path)
-    payload: dict[str, Any] | None = None
-    if latest is not None:
-        if not resume:
-            raise InputError(f"{run_path} already holds checkpoints; resume it or use a new run")
-        payload = read_classifier_checkpoint(latest)
-        saved = ClassifierConfig.from_dict(payload["classifier_config"])
-        if config is not None and config != saved:
-            raise InputError(f"classifier config differs from the checkpoint in {run_path}")
-        config = saved
-    state = _ClassifierRun(config or DEFAULT_CONFIG, settings, target, crop)
-    if payload is not None:
-        state.load(payload, settings.lr)
+    if run.payload is not None:
+        saved = ClassifierConfig.from_dict(run.payload["classifier_config"])
+        config = resumed_config(config, saved, "classifier config", run.path)
+    state = _ClassifierRun(config or DEFAULT_CONFIG, settings, run.device, crop)
+    if run.payload is not None:
+        state.load(run.payload, settings.lr)
     pairs = LesionPairs(healthy, crop=crop)
     if len(pairs) == 0:
         raise InputError("training set is empty")
-    run_path.mkdir(parents=True, exist_ok=True)
-    log_path = run_path / LOSS_LOG
-    _truncate_loss_log(log_path, state.step)
-    if state.step >= settings.steps:
-        return
-    loader = DataLoader(
-        pairs,
-        batch_sampler=PairedStepSampler(
+
+    def batches() -> DataLoader[LabelledPair]:
+        sampler = PairedStepSampler(
             len(pairs), settings.batch, settings.seed, state.step, settings.steps
-        ),
-        num_workers=settings.workers,
-        persistent_workers=False,
-    )
-    extra = state.checkpoint_extra(schedule)
-    new_log = not log_path.is_file()
-    with log_path.open("a", newline="") as log_handle:
-        log = csv.writer(log_handle)
-        if new_log:
-            log.writerow(["step", "loss", "seconds", "accuracy"])
-        recorder = StepRecorder(
-            log, log_handle, run_path, settings, lambda path: state.save(path, settings, extra)
         )
-        state.model.train()
-        for pairs_batch, pair_labels, pair_masks in loader:
-            images = pairs_batch.flatten(0, 1)
-            labels = pair_labels.flatten()
-            masks = pair_masks.flatten(0, 1)
-            generator = _step_generator(settings.seed + 1, state.step)
-            t, noise = paired_noise(
-                len(labels), images.shape[1:], schedule.num_timesteps, generator
-            )
-            images, labels, masks = images.to(target), labels.to(target), masks.to(target)
-            loss, logits = classifier_loss(
-                state.classifier,
-                schedule,
-                images,
-                labels,
-                t.to(target),
-                noise.to(target),
-                settings.bf16,
-                masks=masks,
-            )
-            loss_value = state.optimise(loss, settings)
-            accuracy = float(((logits.detach() > 0).long() == labels).float().mean())
-            yield recorder.record(state.step, loss_value, (f"{accuracy:.3f}",))
-            if stop_requested():
-                recorder.checkpoint(state.step)
-                return
+        return DataLoader(
+            pairs, batch_sampler=sampler, num_workers=settings.workers, persistent_workers=False
+        )
+
+    def loss_of(batch: LabelledPair) -> tuple[Tensor, tuple[str, ...]]:
+        pairs_batch, pair_labels, pair_masks = batch
+        images = pairs_batch.flatten(0, 1)
+        labels = pair_labels.flatten()
+        masks = pair_masks.flatten(0, 1)
+        generator = _step_generator(settings.seed + 1, state.step)
+        t, noise = paired_noise(len(labels), images.shape[1:], schedule.num_timesteps, generator)
+        images, labels, masks = images.to(run.device), labels.to(run.device), masks.to(run.device)
+        loss, logits = classifier_loss(
+            state.classifier,
+            schedule,
+            images,
+            labels,
+            t.to(run.device),
+            noise.to(run.device),
+            settings.bf16,
+            masks=masks,
+        )
+        accuracy = float(((logits.detach() > 0).long() == labels).float().mean())
+        return loss, (f"{accuracy:.3f}",)
+
+    extra = state.checkpoint_extra(schedule)
+    yield from iter_steps(state, run.path, settings, extra, ("accuracy",), batches, loss_of)
 
 
 def train_classifier(
@@ -407,36 +374,17 @@ def train_classifier(
         workers=workers,
         bf16=bf16,
     )
-    last: StepLog | None = None
-    durations: list[float] = []
     entries = iter_train_classifier(
         dataset, run_dir, settings, config, resume, threads, device, crop
     )
-    for entry in entries:
-        last = entry
-        durations.append(entry.seconds)
-        if on_step is not None:
-            on_step(entry)
-    checkpoint = latest_checkpoint(run_dir)
-    step = int(read_classifier_checkpoint(checkpoint)["step"]) if checkpoint else 0
-    steady = durations[1:] or durations
-    return TrainResult(
-        run_dir=Path(run_dir),
-        step=step,
-        checkpoint=checkpoint,
-        last_loss=last.loss if last else None,
-        seconds_per_step=sum(steady) / len(steady) if steady else None,
-    )
+    return drain_run(entries, run_dir, read_classifier_checkpoint, on_step)
 
 
 def export_classifier(
     run_dir: str | Path, out_path: str | Path = DEFAULT_WEIGHTS, name: str | None = None
 ) -> ExportedWeights:
     """Write the EMA weights of a run's latest checkpoint (format of ``load_classifier``)."""
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise InputError(f"no checkpoint in {run_dir}; train first")
-    payload = read_classifier_checkpoint(checkpoint)
+    payload = latest_payload(run_dir, read_classifier_checkpoint)
     step = int(payload["step"])
     weights = {
         "format": WEIGHTS_FORMAT,

@@ -27,9 +27,11 @@ percentile of the magnitude is 1 (:func:`p99_scale`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -88,6 +90,53 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class WeightsFile(NamedTuple):
+    """A weights file read and checked by :func:`read_weights_file`."""
+
+    path: Path
+    sha256: str
+    payload: dict[str, Any]
+
+
+def read_weights_file(
+    path: str | Path | None, default: Path, kind: str, file_format: str, hint: str
+) -> WeightsFile:
+    """Read the ``kind`` ("prior", "classifier") weights at ``path`` (None: ``default``).
+
+    The file must exist (``hint`` says how to make the default one), match its ``.sha256``
+    sidecar when there is one, load with ``torch.load(weights_only=True)`` and be a dict whose
+    ``"format"`` is ``file_format``; otherwise :class:`InputError`.
+    """
+    weights_path = Path(path) if path is not None else default
+    if not weights_path.is_file():
+        raise InputError(f"{kind} weights not found: {weights_path}{hint if path is None else ''}")
+    sha256 = sha256_of(weights_path)
+    sidecar = weights_path.with_name(weights_path.name + ".sha256")
+    if sidecar.is_file():
+        recorded = sidecar.read_text().split()
+        if not recorded or recorded[0].lower() != sha256:
+            raise InputError(f"{kind} weights {weights_path} do not match {sidecar.name}")
+    try:
+        payload = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise InputError(f"{kind} weights {weights_path} are unreadable: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        raise InputError(f"{weights_path} is not an mrdiff {kind} weights file")
+    return WeightsFile(weights_path, sha256, payload)
+
+
+@contextmanager
+def malformed_as_input_error(kind: str, path: Path) -> Iterator[None]:
+    """Turn errors of building a network from a weights file into one-line InputErrors."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (TypeError, ValueError, RuntimeError, KeyError) as error:
+        first_line = (str(error).strip().splitlines() or [repr(error)])[0]
+        raise InputError(f"{kind} weights {path} are malformed: {first_line}") from error
+
+
 def _require(payload: dict[str, Any], key: str, kind: type, path: Path) -> Any:
     value = payload.get(key)
     if not isinstance(value, kind):
@@ -103,22 +152,10 @@ def load_prior(
     Raises :class:`InputError` when the file is missing, is not a weights file in the format
     described in this module's docstring, or does not match its ``.sha256`` sidecar.
     """
-    weights_path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not weights_path.is_file():
-        hint = " (train: `mrdiff train prior`, then `mrdiff train export`)" if path is None else ""
-        raise InputError(f"prior weights not found: {weights_path}{hint}")
-    sha256 = sha256_of(weights_path)
-    sidecar = weights_path.with_name(weights_path.name + ".sha256")
-    if sidecar.is_file():
-        recorded = sidecar.read_text().split()
-        if not recorded or recorded[0].lower() != sha256:
-            raise InputError(f"prior weights {weights_path} do not match {sidecar.name}")
-    try:
-        payload = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise InputError(f"prior weights {weights_path} are unreadable: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
-        raise InputError(f"{weights_path} is not an mrdiff prior weights file")
+    hint = " (train: `mrdiff train prior`, then `mrdiff train export`)"
+    weights_path, sha256, payload = read_weights_file(
+        path, DEFAULT_WEIGHTS, "prior", WEIGHTS_FORMAT, hint
+    )
     if payload.get("format_version") != WEIGHTS_FORMAT_VERSION:
         raise InputError(
             f"prior weights {weights_path}: unsupported format_version "
@@ -126,16 +163,11 @@ def load_prior(
         )
     if payload.get("intensity", INTENSITY_CONVENTION) != INTENSITY_CONVENTION:
         raise InputError(f"prior weights {weights_path}: unsupported intensity convention")
-    try:
+    with malformed_as_input_error("prior", weights_path):
         config = UNetConfig.from_dict(_require(payload, "unet_config", dict, weights_path))
         schedule = DiffusionSchedule.from_dict(_require(payload, "schedule", dict, weights_path))
         model = UNet(config)
         model.load_state_dict(_require(payload, "state_dict", dict, weights_path))
-    except InputError:
-        raise
-    except (TypeError, ValueError, RuntimeError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise InputError(f"prior weights {weights_path} are malformed: {first_line}") from error
     target = pick_device(device)
     model = to_device(model, target).eval()
     model.requires_grad_(False)

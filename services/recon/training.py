@@ -21,10 +21,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -344,15 +344,29 @@ class StepRecorder:
         self.saved_step = step
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a training checkpoint on the CPU (plain tensors and values only)."""
+def load_checkpoint(path: Path, keys: tuple[str, ...], kind: str) -> dict[str, Any]:
+    """Load a checkpoint on the CPU (plain tensors and values only); without all of ``keys``
+    it is not an mrdiff ``kind`` checkpoint (:class:`InputError`)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise InputError(f"checkpoint {path} is unreadable: {error}") from error
-    if not isinstance(payload, dict) or "ema" not in payload or "unet_config" not in payload:
-        raise InputError(f"{path} is not an mrdiff training checkpoint")
+    if not isinstance(payload, dict) or any(key not in payload for key in keys):
+        raise InputError(f"{path} is not an mrdiff {kind} checkpoint")
     return payload
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a training checkpoint of the prior on the CPU."""
+    return load_checkpoint(path, ("ema", "unet_config"), "training")
+
+
+def latest_payload(run_dir: str | Path, read: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """The latest checkpoint of a run, loaded with ``read``; :class:`InputError` if none."""
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise InputError(f"no checkpoint in {run_dir}; train first")
+    return read(checkpoint)
 
 
 def _truncate_loss_log(path: Path, last_step: int) -> None:
@@ -373,6 +387,117 @@ def _prune_checkpoints(run_dir: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
+# --- the run every trainer shares: set-up, resume, loss log, checkpoints, stop on signal ------
+
+
+class RunStart(NamedTuple):
+    """A run about to (re)start: its folder, device and the checkpoint it resumes, if any."""
+
+    path: Path
+    device: torch.device
+    payload: dict[str, Any] | None
+
+
+def start_run(
+    run_dir: str | Path,
+    settings: TrainSettings,
+    resume: bool,
+    threads: int | None,
+    device: str | torch.device | None,
+    read: Callable[[Path], dict[str, Any]],
+) -> RunStart:
+    """Validate ``settings``, set torch threads, pick the device and ``read`` the latest
+    checkpoint; without ``resume`` a run folder that holds checkpoints is refused."""
+    settings.validate()
+    run_path = Path(run_dir)
+    torch.set_num_threads(threads or default_threads())
+    target = pick_device(device)
+    latest = latest_checkpoint(run_path)
+    if latest is None:
+        return RunStart(run_path, target, None)
+    if not resume:
+        raise InputError(f"{run_path} already holds checkpoints; resume it or use a new run")
+    return RunStart(run_path, target, read(latest))
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def resumed_config(given: ConfigT | None, saved: ConfigT, name: str, run_path: Path) -> ConfigT:
+    """The checkpoint's architecture ``saved``; a different one ``given`` is an error."""
+    if given is not None and given != saved:
+        raise InputError(f"{name} differs from the checkpoint in {run_path}")
+    return saved
+
+
+BatchT = TypeVar("BatchT")
+
+
+def iter_steps(
+    state: TrainState,
+    run_path: Path,
+    settings: TrainSettings,
+    extra: dict[str, Any],
+    columns: tuple[str, ...],
+    batches: Callable[[], Iterable[BatchT]],
+    loss_of: Callable[[BatchT], tuple[Tensor, tuple[str, ...]]],
+) -> Iterator[StepLog]:
+    """Optimise ``state`` on ``batches()`` up to ``settings.steps``, yielding a step log each.
+
+    ``loss_of`` gives a batch's loss and its values of the extra loss.csv ``columns``;
+    checkpoints hold ``extra`` beside :meth:`TrainState.save`'s fields. Loss-log rows past the
+    resumed step are dropped first; a signal (:func:`stop_on_signals`) checkpoints and stops.
+    """
+    run_path.mkdir(parents=True, exist_ok=True)
+    log_path = run_path / LOSS_LOG
+    _truncate_loss_log(log_path, state.step)
+    if state.step >= settings.steps:
+        return
+    loader = batches()
+    new_log = not log_path.is_file()
+    with log_path.open("a", newline="") as log_handle:
+        log = csv.writer(log_handle)
+        if new_log:
+            log.writerow(["step", "loss", "seconds", *columns])
+        recorder = StepRecorder(
+            log, log_handle, run_path, settings, lambda path: state.save(path, settings, extra)
+        )
+        state.model.train()
+        for batch in loader:
+            loss, values = loss_of(batch)
+            loss_value = state.optimise(loss, settings)
+            yield recorder.record(state.step, loss_value, values)
+            if stop_requested():
+                recorder.checkpoint(state.step)
+                return
+
+
+def drain_run(
+    entries: Iterable[StepLog],
+    run_dir: str | Path,
+    read: Callable[[Path], dict[str, Any]],
+    on_step: Callable[[StepLog], None] | None,
+) -> TrainResult:
+    """Run a trainer's steps to the end (``on_step`` sees each) and say where the run stands."""
+    last: StepLog | None = None
+    durations: list[float] = []
+    for entry in entries:
+        last = entry
+        durations.append(entry.seconds)
+        if on_step is not None:
+            on_step(entry)
+    checkpoint = latest_checkpoint(run_dir)
+    step = int(read(checkpoint)["step"]) if checkpoint else 0
+    steady = durations[1:] or durations
+    return TrainResult(
+        run_dir=Path(run_dir),
+        step=step,
+        checkpoint=checkpoint,
+        last_loss=last.loss if last else None,
+        seconds_per_step=sum(steady) / len(steady) if steady else None,
+    )
+
+
 def iter_train(
     dataset: Dataset[Tensor],
     run_dir: str | Path,
@@ -388,69 +513,43 @@ def iter_train(
     a conflicting ``unet_config`` is an error). Without it, a run directory that already holds
     checkpoints is refused rather than overwritten.
     """
-    settings.validate()
-    run_path = Path(run_dir)
-    torch.set_num_threads(threads or default_threads())
-    target = pick_device(device)
+    run = start_run(run_dir, settings, resume, threads, device, read_checkpoint)
     schedule = DiffusionSchedule.cosine()
-
-    latest = latest_checkpoint(run_path)
-    payload: dict[str, Any] | None = None
-    if latest is not None:
-        if not resume:
-            raise InputError(f"{run_path} already holds checkpoints; resume it or use a new run")
-        payload = read_checkpoint(latest)
-        saved_config = UNetConfig.from_dict(payload["unet_config"])
-        if unet_config is not None and unet_config != saved_config:
-            raise InputError(f"unet_config differs from the checkpoint in {run_path}")
-        unet_config = saved_config
-    state = _RunState(unet_config or DEFAULT_UNET, settings, target)
-    if payload is not None:
-        state.load(payload, settings.lr)
+    config = unet_config or DEFAULT_UNET
+    if run.payload is not None:
+        saved = UNetConfig.from_dict(run.payload["unet_config"])
+        config = resumed_config(unet_config, saved, "unet_config", run.path)
+    state = _RunState(config, settings, run.device)
+    if run.payload is not None:
+        state.load(run.payload, settings.lr)
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise InputError("training set is empty")
 
-    run_path.mkdir(parents=True, exist_ok=True)
-    log_path = run_path / LOSS_LOG
-    _truncate_loss_log(log_path, state.step)
-    if state.step >= settings.steps:
-        return
-
-    loader = DataLoader(
-        dataset,
-        batch_sampler=StepBatchSampler(
+    def batches() -> DataLoader[Tensor]:
+        sampler = StepBatchSampler(
             len(dataset),  # type: ignore[arg-type]
             settings.batch,
             settings.seed,
             state.step,
             settings.steps,
-        ),
-        num_workers=settings.workers,
-        pin_memory=target.type == "cuda",
-    )
-    extra = {"unet_config": state.unet_config.to_dict(), "schedule": schedule.to_dict()}
-    new_log = not log_path.is_file()
-    with log_path.open("a", newline="") as log_handle:
-        log = csv.writer(log_handle)
-        if new_log:
-            log.writerow(["step", "loss", "seconds"])
-        recorder = StepRecorder(
-            log, log_handle, run_path, settings, lambda path: state.save(path, settings, extra)
         )
-        state.model.train()
-        for images in loader:
-            generator = _step_generator(settings.seed + 1, state.step)
-            x0 = to_prior_intensity(images.float())
-            t = torch.randint(schedule.num_timesteps, (x0.shape[0],), generator=generator)
-            noise = torch.randn(x0.shape, generator=generator)
-            x0, t, noise = x0.to(target), t.to(target), noise.to(target)
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=settings.workers,
+            pin_memory=run.device.type == "cuda",
+        )
 
-            loss = diffusion_loss(state.model, schedule, x0, t, noise, settings.bf16)
-            loss_value = state.optimise(loss, settings)
-            yield recorder.record(state.step, loss_value)
-            if stop_requested():
-                recorder.checkpoint(state.step)
-                return
+    def loss_of(images: Tensor) -> tuple[Tensor, tuple[str, ...]]:
+        generator = _step_generator(settings.seed + 1, state.step)
+        x0 = to_prior_intensity(images.float())
+        t = torch.randint(schedule.num_timesteps, (x0.shape[0],), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        x0, t, noise = x0.to(run.device), t.to(run.device), noise.to(run.device)
+        return diffusion_loss(state.model, schedule, x0, t, noise, settings.bf16), ()
+
+    extra = {"unet_config": state.unet_config.to_dict(), "schedule": schedule.to_dict()}
+    yield from iter_steps(state, run.path, settings, extra, (), batches, loss_of)
 
 
 def open_bank(bank_dir: str | Path) -> Dataset[Tensor]:
@@ -498,23 +597,8 @@ def train_prior(
         workers=workers,
         bf16=bf16,
     )
-    last: StepLog | None = None
-    durations: list[float] = []
-    for entry in iter_train(dataset, run_dir, settings, unet_config, resume, threads, device):
-        last = entry
-        durations.append(entry.seconds)
-        if on_step is not None:
-            on_step(entry)
-    checkpoint = latest_checkpoint(run_dir)
-    step = int(read_checkpoint(checkpoint)["step"]) if checkpoint else 0
-    steady = durations[1:] or durations
-    return TrainResult(
-        run_dir=Path(run_dir),
-        step=step,
-        checkpoint=checkpoint,
-        last_loss=last.loss if last else None,
-        seconds_per_step=sum(steady) / len(steady) if steady else None,
-    )
+    entries = iter_train(dataset, run_dir, settings, unet_config, resume, threads, device)
+    return drain_run(entries, run_dir, read_checkpoint, on_step)
 
 
 def export_weights(
@@ -525,10 +609,7 @@ def export_weights(
     The file follows the format of :mod:`services.recon.prior` (loadable with
     :func:`~services.recon.prior.load_prior`); ``<out_path>.sha256`` is written beside it.
     """
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise InputError(f"no checkpoint in {run_dir}; train first")
-    payload = read_checkpoint(checkpoint)
+    payload = latest_payload(run_dir, read_checkpoint)
     step = int(payload["step"])
     weights = {
         "format": WEIGHTS_FORMAT,

@@ -13,11 +13,35 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """An architecture dataclass as plain values (``channels`` as a list), for saved files."""
+    spec: dict[str, Any] = asdict(config)
+    spec["channels"] = list(config.channels)
+    return spec
+
+
+def config_from_dict(cls: type[ConfigT], spec: dict[str, Any], name: str) -> ConfigT:
+    """Rebuild an architecture dataclass ``cls`` from :func:`config_to_dict`'s output.
+
+    Unknown keys are a ``ValueError`` (naming the ``name`` config); missing keys take defaults.
+    """
+    known = {f.name for f in fields(cast(Any, cls))}
+    unknown = set(spec) - known
+    if unknown:
+        raise ValueError(f"unknown {name} keys: {sorted(unknown)}")
+    values = dict(spec)
+    if "channels" in values:
+        values["channels"] = tuple(int(c) for c in values["channels"])
+    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -39,20 +63,11 @@ class UNetConfig:
         return int(2 ** (len(self.channels) - 1))
 
     def to_dict(self) -> dict[str, Any]:
-        spec = asdict(self)
-        spec["channels"] = list(self.channels)
-        return spec
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> UNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(spec) - known
-        if unknown:
-            raise ValueError(f"unknown UNet config keys: {sorted(unknown)}")
-        values = dict(spec)
-        if "channels" in values:
-            values["channels"] = tuple(int(c) for c in values["channels"])
-        return cls(**values)
+        return config_from_dict(cls, spec, "UNet config")
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
