@@ -257,11 +257,13 @@ def bench_recon(
     on_slice: Callable[[], None] | None = None,
     split: Literal["validation", "evaluation"] = "evaluation",
     warm_start: int | None = None,
+    steps: int | None = None,
 ) -> list[BenchRow]:
     """Score ``methods`` on a split in every setting, overall and real scans only.
 
     ``split="validation"`` is for choosing settings (``warm_start`` overrides the warm-start
-    step of the warm variants); reported numbers come from the evaluation split.
+    step of the warm variants, ``steps`` the coarse steps of the respaced variants); reported
+    numbers come from the evaluation split.
     """
     evaluation = load_split(split)
     if max_slices is not None:
@@ -277,6 +279,8 @@ def bench_recon(
             options = method_options(name, setting, lambdas)
             if warm_start is not None and options.warm_start is not None:
                 options = replace(options, warm_start=warm_start)
+            if steps is not None and options.method == "diffusion" and not options.full_schedule:
+                options = replace(options, steps=steps)
             scores = run_method(engine, subset, options, on_slice)
             rows.append(BenchRow(setting.key, name, "all", scores.summary()))
             if any(scores.real_scan) and not all(scores.real_scan):

@@ -101,6 +101,9 @@ def bench_recon(
     warm_start: Annotated[
         int | None, typer.Option(help="override the warm-start step of the warm variants")
     ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="override the coarse steps of respaced diffusion variants")
+    ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="prior weights (default: the shipped prior)")
     ] = None,
@@ -127,6 +130,7 @@ def bench_recon(
             lambda: bar.advance(task),
             split=split_name,
             warm_start=warm_start,
+            steps=steps,
         )
     print_rows(rows, f"mrdiff bench recon ({split} split, single-coil simulated k-space)")
     typer.echo(f"peak RSS: {recon_bench.peak_rss_mb():.0f} MB")
