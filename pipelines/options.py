@@ -17,8 +17,9 @@ from services.recon.errors import InputError
 if TYPE_CHECKING:
     from services.recon.engine import ReconOptions, RetrospectiveOptions
 
-# Same spellings as services.recon.engine.METHODS and services.recon.masks.MASK_KINDS
-# (a unit test keeps them in step without importing torch here).
+# Same spellings as services.recon.engine.METHODS and services.recon.masks.MASK_KINDS, and the
+# same sampler defaults as services.recon.engine.ReconOptions (a unit test keeps them in step
+# without importing torch here).
 Method = Literal["diffusion", "zero-filled", "cs-l1", "cs-tv"]
 MaskKind = Literal["random1d", "equispaced1d", "poisson2d"]
 DEFAULT_RETROSPECTIVE_MASK: MaskKind = "random1d"
@@ -39,7 +40,7 @@ class JobOptions(BaseModel):
     anomaly: bool = False
     method: Method = "diffusion"
     samples: int = Field(default=8, ge=1, le=64, description="diffusion samples N")
-    steps: int = Field(default=50, ge=1, le=1000, description="coarse respaced steps")
+    steps: int = Field(default=45, ge=1, le=1000, description="coarse respaced steps")
     refine_steps: int = Field(default=20, ge=0, le=1000, description="refinement steps")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     mask: MaskKind | None = Field(default=None, description="retrospective mask kind")

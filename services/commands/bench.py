@@ -154,13 +154,15 @@ def bench_speed(
 
     cases = [c for c in speed_bench.SPEED_CASES if full_schedule or not c.full_schedule]
     engine = ReconEngine(prior_path=weights)
+    options = ReconOptions(samples=samples)
     with progress_bar() as bar:
         task = bar.add_task("timing", total=slices * len(cases))
         rows = speed_bench.bench_speed(
-            engine, cases, slices, ReconOptions(samples=samples), lambda: bar.advance(task)
+            engine, cases, slices, options, lambda: bar.advance(task)
         )
     table = Table(
-        title=f"mrdiff bench speed (diffusion, {samples} samples, 50+20 steps, "
+        title=f"mrdiff bench speed (diffusion, {samples} samples, "
+        f"{options.steps}+{options.refine_steps} steps, "
         f"{torch.get_num_threads()} torch threads)"
     )
     for column in ("case", "slices", "median s/slice", "min s", "max s", "peak RSS MB"):

@@ -29,6 +29,7 @@ from services.recon.io import (
 )
 from services.recon.io.atomic import refuse_existing
 from services.recon.masks import MASK_KINDS
+from services.recon.sampler import DEFAULT_COARSE_STEPS, DEFAULT_REFINE_STEPS
 
 log = logging.getLogger("mrdiff")
 
@@ -71,8 +72,12 @@ def reconstruct(
     method: Annotated[str, typer.Option(help=f"one of {', '.join(METHODS)}")] = "diffusion",
     lam: Annotated[float | None, typer.Option(help="CS regularisation (relative)")] = None,
     samples: Annotated[int, typer.Option(help="diffusion samples N")] = 8,
-    steps: Annotated[int, typer.Option(help="coarse respaced diffusion steps")] = 50,
-    refine_steps: Annotated[int, typer.Option(help="fine refinement steps")] = 20,
+    steps: Annotated[
+        int, typer.Option(help="coarse respaced diffusion steps")
+    ] = DEFAULT_COARSE_STEPS,
+    refine_steps: Annotated[
+        int, typer.Option(help="fine refinement steps")
+    ] = DEFAULT_REFINE_STEPS,
     eta: Annotated[
         float, typer.Option(help="coarse-step stochasticity: 1 DDPM-like, 0 deterministic DDIM")
     ] = 1.0,

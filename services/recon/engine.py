@@ -19,6 +19,7 @@ from services.recon.coils import espirit_maps
 from services.recon.errors import InputError
 from services.recon.io import ImageVolume, KspaceVolume
 from services.recon.masks import MASK_KINDS, make_mask
+from services.recon.sampler import DEFAULT_COARSE_STEPS, DEFAULT_REFINE_STEPS
 
 if TYPE_CHECKING:
     from services.recon.anomaly import AnomalyDetector, AnomalyResult
@@ -41,8 +42,8 @@ class ReconOptions:
 
     method: str = "diffusion"
     samples: int = 8
-    steps: int = 50
-    refine_steps: int = 20
+    steps: int = DEFAULT_COARSE_STEPS
+    refine_steps: int = DEFAULT_REFINE_STEPS
     eta: float = 1.0
     seed: int = 0
     warm_start: int | None = None

@@ -91,3 +91,14 @@ def test_pipeline_knobs_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MRDIFF_DEFAULT_JOB_OPTIONS", '{"method": "magic"}')
     with pytest.raises(InputError):
         PipelineConfig.from_settings(load_settings())
+
+
+def test_sampler_defaults_match_the_engine() -> None:
+    from services.recon.engine import ReconOptions
+
+    options, engine_options = JobOptions(), ReconOptions()
+    assert (options.samples, options.steps, options.refine_steps) == (
+        engine_options.samples,
+        engine_options.steps,
+        engine_options.refine_steps,
+    )
