@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -260,6 +260,8 @@ class TuningResult:
     auroc_head: float
     dice_otsu: float
     tried: int
+    best_by_reference: dict[str, float] = field(default_factory=dict)
+    """The best selection score each map reference reached (guided scores two)."""
 
 
 def selection_score(row: dict[str, float]) -> float:
@@ -290,6 +292,7 @@ def tune_method(
     inputs = [c.lesion_image for c in cases]
     heads = [c.head for c in cases]
     best: tuple[float, AnomalyConfig, dict[str, float]] | None = None
+    by_reference: dict[str, float] = {}
     tried = 0
     for level, scale in grid:
         # Guided runs decode without guidance too, so one run scores both references.
@@ -311,11 +314,14 @@ def tune_method(
             row = lesion_only_score(cases, smoothed, method, inputs)
             tried += 1
             value = selection_score(row)
+            by_reference[reference_name] = max(by_reference.get(reference_name, value), value)
             if best is None or value > best[0]:
                 chosen = replace(config, smoothing_px=smoothing, reference=reference_name)
                 best = (value, chosen, row)
     assert best is not None
-    return TuningResult(best[1], best[2]["auroc_head"], best[2]["dice_otsu"], tried)
+    return TuningResult(
+        best[1], best[2]["auroc_head"], best[2]["dice_otsu"], tried, by_reference
+    )
 
 
 def lesion_only_score(
@@ -363,6 +369,10 @@ def save_defaults(
         }
         entry["validation_auroc_head"] = round(result.auroc_head, 4)
         entry["validation_dice_otsu"] = round(result.dice_otsu, 4)
+        if len(result.best_by_reference) > 1:
+            entry["validation_score_by_reference"] = {
+                name: round(value, 4) for name, value in result.best_by_reference.items()
+            }
         if name != "zscore" and prior is not None:
             entry["prior_sha256"] = prior.sha256
         if name == "guided" and classifier is not None:

@@ -304,6 +304,9 @@ def tune_anomaly_command(
             f"smoothing={result.config.smoothing_px} (validation AUROC {result.auroc_head:.3f}, "
             f"Dice {result.dice_otsu:.3f}, {result.tried} settings)"
         )
+        if len(result.best_by_reference) > 1:
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in result.best_by_reference.items())
+            typer.echo(f"  best AUROC + Dice by map reference: {scores}")
     bench.save_defaults(chosen, prior, loaded, grid={"L": level_grid, "s": scale_grid})
     typer.echo(f"stored in {bench.DEFAULTS_FILE}")
 

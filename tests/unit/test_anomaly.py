@@ -417,6 +417,10 @@ def test_tuning_scores_both_references_of_one_guided_run(
         tiny_prior, tiny_classifier, "guided", cases, base, [200], [50.0], [0.0, 1.0]
     )
     assert result.tried == 4  # 2 references x 2 smoothings from one (L, s) run
+    assert set(result.best_by_reference) == {"input", "unguided"}
+    assert max(result.best_by_reference.values()) == pytest.approx(
+        result.auroc_head + result.dice_otsu
+    )
     inputs = [c.lesion_image for c in cases]
     rerun = run_detector(AnomalyDetector(tiny_prior, tiny_classifier, result.config), inputs)
     again = lesion_only_score(cases, rerun, "guided", inputs)
