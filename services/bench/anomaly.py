@@ -294,9 +294,9 @@ def tune_method(
     best: tuple[float, AnomalyConfig, dict[str, float]] | None = None
     by_reference: dict[str, float] = {}
     tried = 0
+    # Guided runs decode without guidance too, so one run scores both references.
+    reference = "unguided" if method == "guided" else "input"
     for level, scale in grid:
-        # Guided runs decode without guidance too, so one run scores both references.
-        reference = "unguided" if method == "guided" else "input"
         config = replace(
             base,
             method=method,
