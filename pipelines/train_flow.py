@@ -69,8 +69,13 @@ def train_prior_flow(
     threads: int | None = None,
     checkpoint_every: int = 250,
     workers: int = 0,
+    init_from: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Train the prior to ``steps`` total steps, one task per chunk of ``chunk_steps``."""
+    """Train the prior to ``steps`` total steps, one task per chunk of ``chunk_steps``.
+
+    ``init_from``: exported prior weights a new run starts from (fine-tuning); later chunks
+    resume the checkpoints, which record those weights' sha256.
+    """
     settings: dict[str, Any] = {
         "batch": batch,
         "lr": lr,
@@ -79,6 +84,7 @@ def train_prior_flow(
         "threads": threads,
         "checkpoint_every": checkpoint_every,
         "workers": workers,
+        "init_from": init_from,
     }
     summaries = []
     for target in chunk_targets(completed_steps(run_dir), steps, chunk_steps):

@@ -1,10 +1,10 @@
-"""`mrdiff data ...` (training-set synthesis, splits) and `mrdiff sample-data` (demo inputs)."""
+"""`mrdiff data ...` (synthetic banks, banks of a site's own scans, splits) and `sample-data`."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -40,6 +40,39 @@ def build_bank_command(
     typer.echo(
         f"wrote {summary.n} slices in {summary.shards} shards to {summary.directory} in "
         f"{summary.seconds:.1f} s ({summary.slices_per_second:.1f} slices/s)"
+    )
+
+
+@data_app.command("import-bank")
+def import_bank_command(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="fully sampled scans: k-space HDF5, NIfTI files, DICOM series folders"),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="bank folder to create (must not hold data)")],
+    matrix: Annotated[int, typer.Option(help="matrix size of the bank's slices (square)")] = 128,
+    seed: Annotated[int, typer.Option(help="magnitude-only slice i: phase from ([seed, i])")] = 0,
+    pixel_mm: Annotated[float, typer.Option(help="pixel size the slices are resampled to")] = 2.0,
+    shard_size: Annotated[int, typer.Option(help="slices per shard file")] = 1000,
+) -> None:
+    """Turn a site's fully sampled scans into a slice bank for `mrdiff train prior`.
+
+    The manifest identifies inputs by content SHA-256 only, never by file name or header.
+    """
+    from services.recon.data.import_bank import import_bank
+
+    def report(number: int, total: int, source: dict[str, Any]) -> None:
+        typer.echo(
+            f"input {number}/{total}: {source['slices']} slices, {source['slices_kept']} kept, "
+            f"{source['slices_skipped']} skipped (background only); sha256 {source['sha256'][:12]}"
+        )
+
+    summary = import_bank(
+        inputs, out, matrix, seed, pixel_mm=pixel_mm, shard_size=shard_size, progress=report
+    )
+    typer.echo(
+        f"wrote {summary.n} slices from {summary.sources} inputs in {summary.shards} shards to "
+        f"{summary.directory} ({summary.skipped} near-empty slices skipped)"
     )
 
 

@@ -55,14 +55,23 @@ def train_prior_command(
     ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 250,
     workers: Annotated[int, typer.Option(help="data-loading worker processes (0 or 1)")] = 0,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="start a new run from these exported weights (fine-tuning)"),
+    ] = None,
 ) -> None:
     """Train the prior, resuming from the run's latest checkpoint if there is one.
 
-    Ctrl-C or SIGTERM checkpoints the step in progress and stops; run it again to go on.
+    With --init-from a new run starts from an exported prior (e.g. the shipped
+    services/recon/weights/prior.pt): its EMA weights, architecture and schedule, a fresh
+    optimiser at step 0; use a lower --lr (e.g. 5e-5) to fine-tune. Ctrl-C or SIGTERM
+    checkpoints the step in progress and stops; run it again to go on.
     """
     previous = latest_checkpoint(run)
     if previous is not None:
         typer.echo(f"resuming from {previous}")
+    elif init_from is not None:
+        typer.echo(f"new run fine-tuned from {init_from}")
     with stop_on_signals(), Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -93,6 +102,7 @@ def train_prior_command(
             checkpoint_every=checkpoint_every,
             workers=workers,
             on_step=show,
+            init_from=init_from,
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""
     typer.echo(f"run {run} at step {result.step}/{steps}{speed}; checkpoint {result.checkpoint}")
@@ -112,6 +122,8 @@ def export_command(
         f"wrote {exported.path} (step {exported.step}, {exported.size_bytes / 1e6:.1f} MB, "
         f"sha256 {exported.sha256})"
     )
+    if exported.init_sha256 is not None:
+        typer.echo(f"fine-tuned from weights with sha256 {exported.init_sha256}")
 
 
 def magnitude_grid(images: np.ndarray, columns: int = 4, gap: int = 2) -> np.ndarray:

@@ -33,6 +33,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
+from services.recon.init_weights import (
+    INIT_KEY,
+    check_resumed_init,
+    init_record,
+    read_init_weights,
+    recorded_init_sha256,
+    start_from,
+)
 from services.recon.prior import (
     INTENSITY_CONVENTION,
     RESEARCH_USE_ONLY,
@@ -108,6 +116,8 @@ class ExportedWeights(NamedTuple):
     sha256: str
     step: int
     size_bytes: int
+    init_sha256: str | None = None
+    """SHA-256 of the weights the run was fine-tuned from (None: trained from scratch)."""
 
 
 def default_threads() -> int:
@@ -498,6 +508,60 @@ def drain_run(
     )
 
 
+class PriorRun(NamedTuple):
+    """A prior run ready for its next step: where it is, its state, schedule and what every
+    checkpoint holds besides the state (architecture, schedule, initial weights)."""
+
+    start: RunStart
+    state: _RunState
+    schedule: DiffusionSchedule
+    extra: dict[str, Any]
+
+
+def prepare_prior_run(
+    run_dir: str | Path,
+    settings: TrainSettings,
+    unet_config: UNetConfig | None = None,
+    resume: bool = True,
+    threads: int | None = None,
+    device: str | torch.device | None = None,
+    init_from: str | Path | None = None,
+) -> PriorRun:
+    """The run's state before its next step: resumed from the latest checkpoint, started from
+    the weights file ``init_from`` (:mod:`services.recon.init_weights`), or new.
+
+    A resumed run keeps its architecture and schedule (a conflicting ``unet_config`` is an
+    error) and refuses an ``init_from`` its checkpoints do not record; a run started from
+    weights takes the file's architecture and schedule, with a fresh optimiser at step 0.
+    """
+    run = start_run(run_dir, settings, resume, threads, device, read_checkpoint)
+    init = read_init_weights(init_from) if init_from is not None else None
+    record: dict[str, Any] | None = init_record(init) if init is not None else None
+    schedule = DiffusionSchedule.cosine()
+    config = unet_config or DEFAULT_UNET
+    if run.payload is not None:
+        if init is not None:
+            check_resumed_init(run.payload, init, run.path)
+        saved = UNetConfig.from_dict(run.payload["unet_config"])
+        config = resumed_config(unet_config, saved, "unet_config", run.path)
+        if "schedule" in run.payload:
+            schedule = DiffusionSchedule.from_dict(run.payload["schedule"])
+        record = run.payload.get(INIT_KEY)
+    elif init is not None:
+        if unet_config is not None and unet_config != init.config:
+            raise InputError(f"unet_config differs from the architecture of {init.path.name}")
+        config, schedule = init.config, init.schedule
+    state = _RunState(config, settings, run.device)
+    if run.payload is not None:
+        state.load(run.payload, settings.lr)
+    elif init is not None:
+        start_from(init, state.model, state.ema_model)
+    extra = {"unet_config": config.to_dict(), "schedule": schedule.to_dict()}
+    if record is not None:
+        extra[INIT_KEY] = record
+    return PriorRun(run, state, schedule, extra)
+
+
 def iter_train(
     dataset: Dataset[Tensor],
     run_dir: str | Path,
@@ -506,22 +570,18 @@ def iter_train(
     resume: bool = True,
     threads: int | None = None,
     device: str | torch.device | None = None,
+    init_from: str | Path | None = None,
 ) -> Iterator[StepLog]:
     """Train until ``settings.steps`` total steps, yielding a :class:`StepLog` per step.
 
     With ``resume`` the latest checkpoint in ``run_dir`` is continued (its architecture wins;
     a conflicting ``unet_config`` is an error). Without it, a run directory that already holds
-    checkpoints is refused rather than overwritten.
+    checkpoints is refused rather than overwritten. ``init_from`` starts a new run from a
+    weights file (see :func:`prepare_prior_run`).
     """
-    run = start_run(run_dir, settings, resume, threads, device, read_checkpoint)
-    schedule = DiffusionSchedule.cosine()
-    config = unet_config or DEFAULT_UNET
-    if run.payload is not None:
-        saved = UNetConfig.from_dict(run.payload["unet_config"])
-        config = resumed_config(unet_config, saved, "unet_config", run.path)
-    state = _RunState(config, settings, run.device)
-    if run.payload is not None:
-        state.load(run.payload, settings.lr)
+    run, state, schedule, extra = prepare_prior_run(
+        run_dir, settings, unet_config, resume, threads, device, init_from
+    )
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise InputError("training set is empty")
 
@@ -548,7 +608,6 @@ def iter_train(
         x0, t, noise = x0.to(run.device), t.to(run.device), noise.to(run.device)
         return diffusion_loss(state.model, schedule, x0, t, noise, settings.bf16), ()
 
-    extra = {"unet_config": state.unet_config.to_dict(), "schedule": schedule.to_dict()}
     yield from iter_steps(state, run.path, settings, extra, (), batches, loss_of)
 
 
@@ -579,12 +638,14 @@ def train_prior(
     device: str | torch.device | None = None,
     unet_config: UNetConfig | None = None,
     on_step: Callable[[StepLog], None] | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train (or continue training) the prior in ``run_dir`` up to ``steps`` total steps.
 
     ``bank_dir`` is a slice-bank folder or any Dataset of float32 (2, H, W) tensors. Device is
     CUDA when available, else CPU with bf16 autocast and channels_last. ``on_step`` sees each
-    :class:`StepLog` (progress bars, flows).
+    :class:`StepLog` (progress bars, flows). ``init_from``: a prior weights file a new run
+    starts from (fine-tuning; :mod:`services.recon.init_weights`).
     """
     dataset = bank_dir if isinstance(bank_dir, Dataset) else open_bank(bank_dir)
     settings = TrainSettings(
@@ -597,14 +658,17 @@ def train_prior(
         workers=workers,
         bf16=bf16,
     )
-    entries = iter_train(dataset, run_dir, settings, unet_config, resume, threads, device)
+    entries = iter_train(
+        dataset, run_dir, settings, unet_config, resume, threads, device, init_from
+    )
     return drain_run(entries, run_dir, read_checkpoint, on_step)
 
 
 def export_weights(
     run_dir: str | Path, out_path: str | Path, name: str | None = None
 ) -> ExportedWeights:
-    """Write the EMA weights, architecture and schedule of a run's latest checkpoint.
+    """Write the EMA weights, architecture and schedule of a run's latest checkpoint, and what
+    the run was fine-tuned from (``init_from``: sha256, name, step) when it started from weights.
 
     The file follows the format of :mod:`services.recon.prior` (loadable with
     :func:`~services.recon.prior.load_prior`); ``<out_path>.sha256`` is written beside it.
@@ -622,6 +686,8 @@ def export_weights(
         "step": step,
         "research_use_only": RESEARCH_USE_ONLY,
     }
+    if INIT_KEY in payload:
+        weights[INIT_KEY] = payload[INIT_KEY]
     return write_weights(weights, out_path)
 
 
@@ -635,4 +701,10 @@ def write_weights(weights: dict[str, Any], out_path: str | Path) -> ExportedWeig
     temporary.write_text(f"{digest}  {out.name}\n")
     os.replace(temporary, sidecar)
     step = int(weights.get("step", 0))
-    return ExportedWeights(path=out, sha256=digest, step=step, size_bytes=out.stat().st_size)
+    return ExportedWeights(
+        path=out,
+        sha256=digest,
+        step=step,
+        size_bytes=out.stat().st_size,
+        init_sha256=recorded_init_sha256(weights),
+    )

@@ -269,3 +269,99 @@ def test_cli_trains_exports_and_samples(tmp_path: Path, monkeypatch: pytest.Monk
         train_commands.parse_seeds("3-1")
     again = runner.invoke(app, [*args, "--size", "16", "--out", str(grid)])
     assert again.exit_code != 0 and isinstance(again.exception, InputError)
+
+
+# --- fine-tuning: a new run started from exported weights (--init-from) ---------------------
+
+
+@pytest.fixture(scope="module")
+def exported_prior(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights exported from a 2-step run of the tiny network (the "shipped" prior here)."""
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("shipped")
+    train(folder / "run", 2)
+    return export_weights(folder / "run", folder / "prior.pt", name="tiny-shipped").path
+
+
+def test_init_from_starts_model_and_ema_at_the_exported_weights(
+    tmp_path: Path, exported_prior: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.recon import training
+
+    monkeypatch.setattr(training, "DEFAULT_UNET", UNetConfig(channels=(8, 8), norm_groups=4))
+    run = training.prepare_prior_run(
+        tmp_path, TrainSettings(steps=2), threads=1, init_from=exported_prior
+    )
+    shipped = load_prior(exported_prior, device="cpu")
+    assert run.state.step == 0 and not run.state.optimizer.state
+    assert run.state.unet_config == TINY  # the file's architecture, not the default
+    for model in (run.state.model, run.state.ema_model):
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(value, shipped.model.state_dict()[name], rtol=0, atol=0)
+    assert run.extra["init_from"] == {"sha256": shipped.sha256, "name": "tiny-shipped", "step": 2}
+    assert run.schedule.num_timesteps == shipped.schedule.num_timesteps
+
+
+def test_fine_tuning_run_trains_and_its_export_records_the_init(
+    tmp_path: Path, exported_prior: Path
+) -> None:
+    shipped_sha256 = load_prior(exported_prior, device="cpu").sha256
+    result = train(tmp_path / "run", 2, init_from=exported_prior, unet_config=None)
+    assert result.step == 2  # type: ignore[attr-defined]
+    checkpoint = read_checkpoint(checkpoint_paths(tmp_path / "run")[-1])
+    assert checkpoint["init_from"]["sha256"] == shipped_sha256
+    again = train(tmp_path / "run", 3, init_from=exported_prior)  # same init: resumes
+    assert again.step == 3  # type: ignore[attr-defined]
+    exported = export_weights(tmp_path / "run", tmp_path / "tuned.pt")
+    assert exported.init_sha256 == shipped_sha256
+    assert torch.load(exported.path, weights_only=True)["init_from"]["sha256"] == shipped_sha256
+    assert load_prior(exported.path, device="cpu").step == 3
+
+
+def test_init_from_on_a_run_with_foreign_checkpoints_exits_2(
+    tmp_path: Path,
+    exported_prior: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from services.cli import main
+    from services.recon import training
+
+    monkeypatch.setattr(training, "open_bank", lambda _: RandomSlices())
+    run = tmp_path / "run"
+    train(run, 2)  # from scratch
+    before = [path.read_bytes() for path in checkpoint_paths(run)]
+    args = ["train", "prior", "--bank", str(tmp_path), "--run", str(run), "--steps", "4"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--threads", "1", "--init-from", str(exported_prior)])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "--init-from" in message and "from scratch" in message
+    assert [path.read_bytes() for path in checkpoint_paths(run)] == before
+
+
+def test_flow_passes_init_from_to_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from pipelines import train_flow
+
+    real_chunk = train_flow.train_chunk
+    chunks: list[dict[str, object]] = []
+    monkeypatch.setattr(
+        train_flow, "train_chunk", lambda bank, run, target, settings: chunks.append(settings)
+    )
+    monkeypatch.setattr(train_flow, "create_table_artifact", lambda **_: None)
+    train_flow.train_prior_flow.fn("bank", "run", steps=2, chunk_steps=1, init_from="w.pt")
+    assert [chunk["init_from"] for chunk in chunks] == ["w.pt", "w.pt"]
+
+    calls: list[dict[str, object]] = []
+
+    def fake_train_prior(*args: object, **kwargs: object) -> TrainResult:
+        calls.append(kwargs)
+        return TrainResult(Path("run"), 1, None, None, None)
+
+    monkeypatch.setattr(train_flow, "train_prior", fake_train_prior)
+    monkeypatch.setattr(train_flow, "get_run_logger", lambda: logging.getLogger("test"))
+    real_chunk.fn("bank", "run", 1, chunks[0])
+    assert calls[0]["init_from"] == "w.pt"

@@ -10,11 +10,14 @@ Layout of a bank directory::
 Slice ``i`` of a bank built with ``seed`` is ``synthesize_head_slice`` of
 ``numpy.random.default_rng([seed, i])`` at a pixel size drawn from the same generator, so a bank
 does not depend on how many workers built it. The bank is built in a hidden sibling folder and
-renamed into place at the end: a failed build leaves nothing behind.
+renamed into place at the end: a failed build leaves nothing behind. The writers here
+(:func:`staged_bank`, :func:`write_shard`, :func:`write_manifest`, ...) also write banks of a
+site's own scans (:mod:`services.recon.data.import_bank`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -42,6 +45,8 @@ BANK_FORMAT = "mrdiff-slice-bank/1"
 MANIFEST_NAME = "manifest.json"
 SLICES_NAME = "slices.csv"
 RESEARCH_NOTICE = "research use only, not for diagnosis"
+SHARD_DTYPE = np.float16
+NORMALISATION = "per slice, 99th percentile of the magnitude is 1"
 DEFAULT_PIXEL_MM: tuple[float, ...] = (2.0, 1.0)
 DEFAULT_PIXEL_MM_WEIGHTS: tuple[float, ...] = (0.6, 0.4)
 DATA_CODE_FILES = (
@@ -89,15 +94,14 @@ def slice_generator(seed: int, index: int) -> np.random.Generator:
 def _build_shard(task: ShardTask) -> list[dict[str, Any]]:
     """Synthesize one shard and write it atomically; return one metadata row per slice."""
     weights = np.asarray(task.pixel_mm_weights) / np.sum(task.pixel_mm_weights)
-    images = np.empty((task.count, 2, task.size, task.size), dtype=np.float16)
+    images = np.empty((task.count, 2, task.size, task.size), dtype=SHARD_DTYPE)
     rows: list[dict[str, Any]] = []
     for offset in range(task.count):
         index = task.first_index + offset
         rng = slice_generator(task.seed, index)
         pixel_mm = task.pixel_mm_choices[int(rng.choice(len(weights), p=weights))]
         made = synthesize_head_slice_with_info(rng, task.size, pixel_mm)
-        images[offset, 0] = made.image.real
-        images[offset, 1] = made.image.imag
+        images[offset] = as_channels(made.image)
         rows.append(
             {
                 "index": index,
@@ -110,10 +114,25 @@ def _build_shard(task: ShardTask) -> list[dict[str, Any]]:
                 "snr": round(made.snr, 2),
             }
         )
-    temporary = task.path.with_name(task.path.name + ".tmp.npy")
-    np.save(temporary, images)
-    os.replace(temporary, task.path)
+    write_shard(task.path, images)
     return rows
+
+
+def as_channels(image: np.ndarray) -> np.ndarray:
+    """A complex (H, W) slice as the bank stores it: (2, H, W) real and imaginary, float16."""
+    return np.stack([image.real, image.imag]).astype(SHARD_DTYPE)
+
+
+def write_shard(path: Path, images: np.ndarray) -> None:
+    """Write a shard (N, 2, H, W) atomically (temporary file, then rename)."""
+    temporary = path.with_name(path.name + ".tmp.npy")
+    np.save(temporary, images)
+    os.replace(temporary, path)
+
+
+def shard_entry(path: Path, first_index: int, count: int) -> dict[str, Any]:
+    """The manifest's record of a written shard (its name, slice range and SHA-256)."""
+    return {"file": path.name, "first_index": first_index, "count": count, "sha256": _sha256(path)}
 
 
 def _limit_threads() -> None:
@@ -153,14 +172,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def code_version() -> dict[str, str]:
-    """Package version plus a hash of the data-synthesis source files that made the bank."""
+def code_version(files: tuple[str, ...] = DATA_CODE_FILES) -> dict[str, str]:
+    """Package version plus a hash of the source ``files`` (in this folder) that made the bank."""
     try:
         version = metadata.version("mrdiff")
     except metadata.PackageNotFoundError:
         version = "unknown"
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent / name for name in DATA_CODE_FILES):
+    for path in sorted(Path(__file__).parent / name for name in files):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return {"package_version": version, "data_code_sha256": digest.hexdigest()}
@@ -189,14 +208,8 @@ def build_bank(
         raise InputError(f"need n >= 1, size >= 8, shard_size >= 1, workers >= 1; got {n}, {size}")
     if len(pixel_mm_choices) != len(pixel_mm_weights) or min(pixel_mm_weights) < 0:
         raise InputError("pixel_mm_choices and pixel_mm_weights must pair up, weights >= 0")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out} exists and is not empty; pass overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     version = code_version()  # of the code that makes the slices, read before it runs
-    try:
+    with staged_bank(out, overwrite) as staging:
         started = time.perf_counter()
         tasks = [
             ShardTask(
@@ -217,25 +230,66 @@ def build_bank(
                 progress(len(rows), n)
         seconds = time.perf_counter() - started
         rows.sort(key=lambda row: int(row["index"]))
-        _write_slices_csv(staging / SLICES_NAME, rows)
-        manifest = _manifest(tasks, rows, seed, size, workers, seconds, version)
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_slices_csv(staging / SLICES_NAME, rows)
+        write_manifest(staging, _manifest(tasks, rows, seed, size, workers, seconds, version))
+    return BankSummary(
+        directory=out, n=n, shards=len(tasks), seconds=seconds, slices_per_second=n / seconds
+    )
+
+
+@contextlib.contextmanager
+def staged_bank(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """A hidden sibling folder to build the bank ``out`` in, renamed into place when the block
+    ends without error and removed when it fails: a failed build leaves nothing behind.
+
+    An existing ``out`` that holds files is refused (:class:`InputError`) unless ``overwrite``.
+    """
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out} exists and is not empty; pass overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return BankSummary(
-        directory=out, n=n, shards=len(tasks), seconds=seconds, slices_per_second=n / seconds
-    )
 
 
-def _write_slices_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_slices_csv(
+    path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...] = SLICE_FIELDS
+) -> None:
+    """One row per slice, in bank order, with the columns ``fields``."""
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SLICE_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` into ``directory``."""
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def manifest_header(n: int, seed: int, size: int) -> dict[str, Any]:
+    """The manifest fields every bank has, whatever made its slices."""
+    return {
+        "format": BANK_FORMAT,
+        "notice": RESEARCH_NOTICE,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "n": n,
+        "seed": seed,
+        "size": size,
+        "dtype": np.dtype(SHARD_DTYPE).name,
+        "layout": "(N, 2, H, W): real, imaginary",
+        "normalisation": NORMALISATION,
+    }
 
 
 def _manifest(
@@ -251,29 +305,13 @@ def _manifest(
     source_counts = Counter(s for row in rows for s in str(row["sources"]).split("+"))
     entries = {entry.source: entry for entry in SOURCE_TABLE}
     return {
-        "format": BANK_FORMAT,
-        "notice": RESEARCH_NOTICE,
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "n": len(rows),
-        "seed": seed,
+        **manifest_header(len(rows), seed, size),
         "seeding": "slice i: numpy.random.default_rng([seed, i]) draws pixel size, then "
         "services.recon.data.synthesis.synthesize_head_slice_with_info(rng, size, pixel_mm)",
-        "size": size,
-        "dtype": "float16",
-        "layout": "(N, 2, H, W): real, imaginary",
-        "normalisation": "per slice, 99th percentile of the magnitude is 1",
         "pixel_mm_choices": list(tasks[0].pixel_mm_choices),
         "pixel_mm_weights": list(tasks[0].pixel_mm_weights),
         "pixel_mm_counts": dict(Counter(str(row["pixel_mm"]) for row in rows)),
-        "shards": [
-            {
-                "file": task.path.name,
-                "first_index": task.first_index,
-                "count": task.count,
-                "sha256": _sha256(task.path),
-            }
-            for task in tasks
-        ],
+        "shards": [shard_entry(task.path, task.first_index, task.count) for task in tasks],
         "recipes": [recipe._asdict() for recipe in RECIPES],
         "recipe_counts": dict(Counter(str(row["recipe"]) for row in rows)),
         "orientation_counts": dict(Counter(str(row["orientation"]) for row in rows)),

@@ -426,13 +426,19 @@ STACK_LOADERS: dict[str, Callable[[], SliceStack]] = {
 }
 
 
-def resample_slice(image: np.ndarray, row_mm: float, col_mm: float, pixel_mm: float) -> np.ndarray:
-    """Resample a 2-D image to square ``pixel_mm`` pixels (cubic; Gaussian anti-aliasing)."""
+def zoom_to_pixel(image: np.ndarray, row_mm: float, col_mm: float, pixel_mm: float) -> np.ndarray:
+    """A real 2-D image at square ``pixel_mm`` pixels (cubic; Gaussian anti-aliasing)."""
     factors = np.array([row_mm / pixel_mm, col_mm / pixel_mm])
     sigma = np.where(factors < 1.0, (1.0 / factors - 1.0) / 2.0, 0.0)
     if np.any(sigma > 0):
         image = ndimage.gaussian_filter(image, sigma)
-    resampled = ndimage.zoom(image, factors, order=3, mode="nearest", grid_mode=True)
+    resampled: np.ndarray = ndimage.zoom(image, factors, order=3, mode="nearest", grid_mode=True)
+    return resampled
+
+
+def resample_slice(image: np.ndarray, row_mm: float, col_mm: float, pixel_mm: float) -> np.ndarray:
+    """Resample a 2-D magnitude image to square ``pixel_mm`` pixels (:func:`zoom_to_pixel`)."""
+    resampled = zoom_to_pixel(image, row_mm, col_mm, pixel_mm)
     return np.clip(resampled, 0.0, None).astype(np.float32)
 
 
@@ -448,6 +454,14 @@ def place_in_field_of_view(image: np.ndarray, centre: tuple[float, float], size:
     return out
 
 
+def head_centre(head: np.ndarray, label: str) -> tuple[float, float]:
+    """(row, column) centre of the bounding box of a foreground stack (S, H, W), all slices."""
+    rows, cols = np.nonzero(head.any(axis=0))
+    if len(rows) == 0:
+        raise InputError(f"{label}: no head content found")
+    return ((rows.min() + rows.max()) / 2.0, (cols.min() + cols.max()) / 2.0)
+
+
 def _select_slices(
     name: str, size: int, pixel_mm: float, max_slices: int
 ) -> list[tuple[int, np.ndarray]]:
@@ -457,10 +471,7 @@ def _select_slices(
     threshold = 0.1 * float(np.percentile(volume, 99))
     head = volume > threshold
     areas = head.sum(axis=(1, 2))
-    rows, cols = np.nonzero(head.any(axis=0))
-    if len(rows) == 0:
-        raise InputError(f"{name}: no head content found")
-    centre = ((rows.min() + rows.max()) / 2.0, (cols.min() + cols.max()) / 2.0)
+    centre = head_centre(head, name)
     placed_areas = np.array(
         [(place_in_field_of_view(h.astype(np.float32), centre, size) > 0.5).sum() for h in head]
     )

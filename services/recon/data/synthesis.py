@@ -251,6 +251,15 @@ def head_fraction(magnitude: np.ndarray) -> float:
     return float(np.mean(magnitude > threshold)) if threshold > 0 else 0.0
 
 
+def with_smooth_phase(magnitude: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``magnitude * exp(i phi)``: a random global phase plus a smooth 2nd-order phase whose
+    strength is drawn from [0.3, 3] rad (:func:`~services.recon.data.fields.smooth_phase`)."""
+    shape = (magnitude.shape[0], magnitude.shape[1])
+    phase = smooth_phase(rng, shape, max_radians=rng.uniform(0.3, 3.0))
+    result: np.ndarray = magnitude * np.exp(1j * phase)
+    return result
+
+
 def synthesize_head_slice_with_info(
     rng: np.random.Generator, size: int = 128, pixel_mm: float = 2.0
 ) -> SynthesizedSlice:
@@ -269,7 +278,7 @@ def synthesize_head_slice_with_info(
             break
     shape = (size, size)
     magnitude = magnitude * bias_field(rng, shape, strength=rng.uniform(0.0, 0.25))
-    image = magnitude * np.exp(1j * smooth_phase(rng, shape, max_radians=rng.uniform(0.3, 3.0)))
+    image = with_smooth_phase(magnitude, rng)
     snr = random_snr(rng)
     foreground = magnitude > 0.1 * np.percentile(magnitude, 99)
     signal = float(magnitude[foreground].mean()) if foreground.any() else 1.0
