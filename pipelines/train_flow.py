@@ -70,6 +70,7 @@ def train_prior_flow(
     checkpoint_every: int = 250,
     workers: int = 0,
     init_from: str | None = None,
+    snr_weight_cap: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Train the prior to ``steps`` total steps, one task per chunk of ``chunk_steps``.
 
@@ -85,6 +86,7 @@ def train_prior_flow(
         "checkpoint_every": checkpoint_every,
         "workers": workers,
         "init_from": init_from,
+        "snr_weight_cap": snr_weight_cap,
     }
     summaries = []
     for target in chunk_targets(completed_steps(run_dir), steps, chunk_steps):

@@ -59,6 +59,13 @@ def train_prior_command(
         Path | None,
         typer.Option(help="start a new run from these exported weights (fine-tuning)"),
     ] = None,
+    snr_weight_cap: Annotated[
+        float,
+        typer.Option(
+            help="cap of the truncated-SNR loss weight max(1, 1/SNR) (Salimans & Ho 2022); "
+            "1 = the simple loss"
+        ),
+    ] = 1.0,
 ) -> None:
     """Train the prior, resuming from the run's latest checkpoint if there is one.
 
@@ -72,14 +79,17 @@ def train_prior_command(
         typer.echo(f"resuming from {previous}")
     elif init_from is not None:
         typer.echo(f"new run fine-tuned from {init_from}")
-    with stop_on_signals(), Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        "loss {task.fields[loss]}",
-        "{task.fields[rate]}",
-    ) as bar:
+    with (
+        stop_on_signals(),
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            "loss {task.fields[loss]}",
+            "{task.fields[rate]}",
+        ) as bar,
+    ):
         task = bar.add_task("training prior", total=steps, loss="-", rate="")
 
         def show(entry: StepLog) -> None:
@@ -103,6 +113,7 @@ def train_prior_command(
             workers=workers,
             on_step=show,
             init_from=init_from,
+            snr_weight_cap=snr_weight_cap,
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""
     typer.echo(f"run {run} at step {result.step}/{steps}{speed}; checkpoint {result.checkpoint}")

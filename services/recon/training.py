@@ -74,6 +74,8 @@ class TrainSettings:
     keep_checkpoints: int = 3
     bf16: bool = True
     workers: int = 0
+    snr_weight_cap: float = 1.0
+    """Cap of the truncated-SNR loss weight (:func:`loss_weights`); 1 is the simple loss."""
 
     def validate(self) -> None:
         if self.steps < 0:
@@ -88,6 +90,8 @@ class TrainSettings:
             raise InputError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.workers not in (0, 1):
             raise InputError(f"workers must be 0 or 1 on this machine, got {self.workers}")
+        if not self.snr_weight_cap >= 1:
+            raise InputError(f"snr weight cap must be >= 1, got {self.snr_weight_cap}")
 
 
 class StepLog(NamedTuple):
@@ -178,6 +182,20 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def loss_weights(schedule: DiffusionSchedule, t: Tensor, cap: float) -> Tensor:
+    """Per-sample weights ``clamp((1 - abar_t) / abar_t, 1, cap)`` of the noise-prediction MSE.
+
+    The clean image implied by an epsilon prediction has error ``sqrt((1 - abar) / abar)``
+    times the epsilon error, so the simple loss (weight 1) barely trains the high-noise steps
+    whose clean-image estimates set the global layout of a sample. Weighting by ``max(1, 1/SNR)``
+    is the epsilon form of the "truncated SNR" x0 loss of Salimans & Ho ("Progressive
+    Distillation for Fast Sampling of Diffusion Models", ICLR 2022), capped because
+    ``1/SNR`` grows without bound at pure noise. ``cap = 1`` gives the simple loss.
+    """
+    abar = schedule.alpha_bars.to(t.device)[t.long()]
+    return ((1 - abar) / abar).clamp(1.0, cap).float()
+
+
 def diffusion_loss(
     model: nn.Module,
     schedule: DiffusionSchedule,
@@ -185,12 +203,17 @@ def diffusion_loss(
     t: Tensor,
     noise: Tensor,
     bf16: bool = True,
+    snr_weight_cap: float = 1.0,
 ) -> Tensor:
-    """Mean squared error of the noise prediction (Ho et al. 2020, "simple" loss), in float32."""
+    """Mean squared error of the noise prediction, in float32: the "simple" loss of Ho et al.
+    (2020), optionally weighted toward high noise levels (:func:`loss_weights`)."""
     x_t = schedule.q_sample(x0, t, noise).contiguous(memory_format=torch.channels_last)
     with _autocast(x0.device, bf16):
         predicted = model(x_t, t)
-    return F.mse_loss(predicted.float(), noise)
+    if snr_weight_cap <= 1:
+        return F.mse_loss(predicted.float(), noise)
+    per_sample = (predicted.float() - noise).square().flatten(1).mean(dim=1)
+    return (loss_weights(schedule, t, snr_weight_cap) * per_sample).mean()
 
 
 def to_prior_intensity(batch: Tensor) -> Tensor:
@@ -606,7 +629,10 @@ def iter_train(
         t = torch.randint(schedule.num_timesteps, (x0.shape[0],), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         x0, t, noise = x0.to(run.device), t.to(run.device), noise.to(run.device)
-        return diffusion_loss(state.model, schedule, x0, t, noise, settings.bf16), ()
+        loss = diffusion_loss(
+            state.model, schedule, x0, t, noise, settings.bf16, settings.snr_weight_cap
+        )
+        return loss, ()
 
     yield from iter_steps(state, run.path, settings, extra, (), batches, loss_of)
 
@@ -639,13 +665,15 @@ def train_prior(
     unet_config: UNetConfig | None = None,
     on_step: Callable[[StepLog], None] | None = None,
     init_from: str | Path | None = None,
+    snr_weight_cap: float = 1.0,
 ) -> TrainResult:
     """Train (or continue training) the prior in ``run_dir`` up to ``steps`` total steps.
 
     ``bank_dir`` is a slice-bank folder or any Dataset of float32 (2, H, W) tensors. Device is
     CUDA when available, else CPU with bf16 autocast and channels_last. ``on_step`` sees each
     :class:`StepLog` (progress bars, flows). ``init_from``: a prior weights file a new run
-    starts from (fine-tuning; :mod:`services.recon.init_weights`).
+    starts from (fine-tuning; :mod:`services.recon.init_weights`). ``snr_weight_cap`` > 1
+    weights the loss toward high noise levels (:func:`loss_weights`).
     """
     dataset = bank_dir if isinstance(bank_dir, Dataset) else open_bank(bank_dir)
     settings = TrainSettings(
@@ -657,6 +685,7 @@ def train_prior(
         checkpoint_every=checkpoint_every,
         workers=workers,
         bf16=bf16,
+        snr_weight_cap=snr_weight_cap,
     )
     entries = iter_train(
         dataset, run_dir, settings, unet_config, resume, threads, device, init_from

@@ -24,6 +24,7 @@ from services.recon.training import (
     diffusion_loss,
     export_weights,
     iter_train,
+    loss_weights,
     read_checkpoint,
     stop_on_signals,
     to_prior_intensity,
@@ -92,6 +93,45 @@ def test_bf16_loss_agrees_with_float32_loss() -> None:
     bf16 = diffusion_loss(model, schedule, x0, t, noise, bf16=True)
     assert bf16.dtype == torch.float32
     assert abs(bf16.item() - fp32.item()) / fp32.item() < 0.02
+
+
+def test_truncated_snr_weights_rise_with_noise_up_to_the_cap() -> None:
+    schedule = DiffusionSchedule.cosine()
+    t = torch.arange(0, 1000, 10)
+    assert torch.equal(loss_weights(schedule, t, 1.0), torch.ones(len(t)))
+    weights = loss_weights(schedule, t, 20.0)
+    assert weights.min() == 1.0 and weights.max() == 20.0
+    assert bool((weights.diff() >= 0).all())
+    abar = float(schedule.alpha_bars[700])
+    assert loss_weights(schedule, torch.tensor([700]), 20.0).item() == pytest.approx(
+        (1 - abar) / abar, rel=1e-5
+    )
+
+
+def test_weighted_loss_is_the_weighted_mean_of_per_image_errors() -> None:
+    torch.manual_seed(0)
+    model = UNet(TINY)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    schedule = DiffusionSchedule.cosine()
+    x0 = to_prior_intensity(RandomSlices().images[:4])
+    t, noise = torch.tensor([1, 200, 800, 999]), torch.randn(4, 2, 16, 16)
+    per_image = torch.stack(
+        [
+            diffusion_loss(model, schedule, x0[i : i + 1], t[i : i + 1], noise[i : i + 1], False)
+            for i in range(4)
+        ]
+    )
+    weighted = diffusion_loss(model, schedule, x0, t, noise, False, snr_weight_cap=20.0)
+    expected = (loss_weights(schedule, t, 20.0) * per_image).mean()
+    torch.testing.assert_close(weighted, expected, rtol=1e-5, atol=1e-7)
+    simple = diffusion_loss(model, schedule, x0, t, noise, False)
+    torch.testing.assert_close(simple, per_image.mean(), rtol=1e-5, atol=1e-7)
+
+
+def test_snr_weight_cap_below_one_is_refused() -> None:
+    with pytest.raises(InputError, match="snr weight cap"):
+        TrainSettings(steps=1, snr_weight_cap=0.5).validate()
 
 
 def test_loss_falls_and_is_logged(tmp_path: Path) -> None:
