@@ -37,9 +37,12 @@ class ProgressArtifact:
     """Per-slice progress of a job as a Prefect progress artifact (percent)."""
 
     def __init__(self, job_id: str) -> None:
-        self._id = cast(UUID, create_progress_artifact(
-            0.0, key=artifact_key("job", job_id, "progress"), description="slices done"
-        ))
+        self._id = cast(
+            UUID,
+            create_progress_artifact(
+                0.0, key=artifact_key("job", job_id, "progress"), description="slices done"
+            ),
+        )
 
     def update(self, done: int, total: int) -> None:
         percent = 100.0 * done / total if total else 100.0

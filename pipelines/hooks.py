@@ -102,8 +102,7 @@ def handle_minio_event(
             settings,
             INGEST_DEPLOYMENT,
             {"tenant": tenant},
-            scheduled_time=datetime.now(UTC)
-            + timedelta(seconds=config.ingest_quiet_seconds + 1.0),
+            scheduled_time=datetime.now(UTC) + timedelta(seconds=config.ingest_quiet_seconds + 1.0),
             tags=[f"tenant:{tenant}", "webhook"],
         )
     return records

@@ -77,8 +77,13 @@ def _by_identity(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 
 # -- tasks --------------------------------------------------------------------------------------
-@task(name="content-sha256", cache_key_fn=_by_identity, persist_result=True, retries=3,
-      retry_delay_seconds=[1, 4, 10])
+@task(
+    name="content-sha256",
+    cache_key_fn=_by_identity,
+    persist_result=True,
+    retries=3,
+    retry_delay_seconds=[1, 4, 10],
+)
 def content_digests(storage: Storage, keys: tuple[str, ...], identity: str) -> dict[str, str]:
     """sha256 of each object's content (cached by the objects' keys and ETags)."""
     return {key: storage.raw_sha256(key) for key in keys}
@@ -91,8 +96,13 @@ class SeriesSplit(NamedTuple):
     rejected: list[tuple[str, str]]
 
 
-@task(name="split-dicom-series", cache_key_fn=_by_identity, persist_result=True, retries=3,
-      retry_delay_seconds=[1, 4, 10])
+@task(
+    name="split-dicom-series",
+    cache_key_fn=_by_identity,
+    persist_result=True,
+    retries=3,
+    retry_delay_seconds=[1, 4, 10],
+)
 def split_dicom_series(storage: Storage, keys: tuple[str, ...], identity: str) -> SeriesSplit:
     """Read DICOM headers (no pixels) and group files by series (cached by keys and ETags)."""
     groups: dict[str, list[str]] = {}
@@ -145,8 +155,9 @@ def ingest(
     changed since the last complete run.
     """
     settings = get_settings()
-    return run_ingest(Storage.from_settings(settings), settings, tenant, quiet_seconds,
-                      wait_seconds, inline, full)
+    return run_ingest(
+        Storage.from_settings(settings), settings, tenant, quiet_seconds, wait_seconds, inline, full
+    )
 
 
 def run_ingest(
@@ -198,8 +209,11 @@ def run_ingest(
         f"{len(inbox.waiting)} study(ies) waiting for the quiet period",
     )
     if problems:
-        logger.error("%d study(ies) could not be submitted: %s", len(problems),
-                     "; ".join(row.action for row in problems))
+        logger.error(
+            "%d study(ies) could not be submitted: %s",
+            len(problems),
+            "; ".join(row.action for row in problems),
+        )
     elif not inbox.waiting:
         _write_watermark(tenant, run_started)
     return [row.as_dict() for row in rows]
@@ -225,8 +239,9 @@ def _write_watermark(tenant: str | None, when: datetime) -> None:
     from prefect.variables import Variable
 
     try:
-        Variable.set(_watermark_name(tenant), when.isoformat(), overwrite=True,
-                     tags=["mrdiff", "ingest"])
+        Variable.set(
+            _watermark_name(tenant), when.isoformat(), overwrite=True, tags=["mrdiff", "ingest"]
+        )
     except Exception as error:
         get_run_logger().warning("could not store the ingest watermark: %s", error)
 
@@ -292,16 +307,23 @@ def _submit(
     identity = _identity([(k, etags.get(k, "")) for k in unit.keys], "sha256")
     try:
         digests = content_digests(storage, unit.keys, identity)
-        created = create_job(storage, unit.tenant, list(unit.keys), options,
-                             content_sha256=digests, settings=settings)
+        created = create_job(
+            storage,
+            unit.tenant,
+            list(unit.keys),
+            options,
+            content_sha256=digests,
+            settings=settings,
+        )
     except ObjectNotFoundError as error:
         return _row(unit, f"skipped: {error}")
     except InputError as error:  # options this deployment cannot honour (e.g. missing models)
         return _row(unit, f"not submitted: {error}")
     record = created.record
     if not created.created:
-        return _row(unit, f"already {record.state.value} (same content, options and model)",
-                    record.job_id)
+        return _row(
+            unit, f"already {record.state.value} (same content, options and model)", record.job_id
+        )
     if not inline:
         try:
             start_job_run(storage, record, settings)

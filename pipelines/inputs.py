@@ -93,9 +93,7 @@ def folder_of(item: RawObject) -> str:
     return item.tenant if item.study is None else f"{item.tenant}/{item.study}"
 
 
-def group_inbox(
-    objects: Iterable[RawObject], now: datetime, quiet: timedelta
-) -> Inbox:
+def group_inbox(objects: Iterable[RawObject], now: datetime, quiet: timedelta) -> Inbox:
     """Group raw objects into units; a folder is settled when quiet for ``quiet``."""
     by_folder: dict[str, list[RawObject]] = defaultdict(list)
     for item in objects:

@@ -114,8 +114,13 @@ def submit_job(
     """
     settings = settings or get_settings()
     created = create_job(
-        storage, tenant, input_keys, options, idempotency_key,
-        content_sha256=content_sha256, settings=settings,
+        storage,
+        tenant,
+        input_keys,
+        options,
+        idempotency_key,
+        content_sha256=content_sha256,
+        settings=settings,
     )
     if not created.created:
         return created.record
@@ -135,9 +140,7 @@ def create_job(
     """Create the queued job record (or find the job that already answers), without a run."""
     settings = settings or get_settings()
     checked = check_input_keys(storage, tenant, input_keys)
-    digests = {
-        key: (content_sha256 or {}).get(key) or storage.raw_sha256(key) for key in checked
-    }
+    digests = {key: (content_sha256 or {}).get(key) or storage.raw_sha256(key) for key in checked}
     key, models = job_processing_key(tenant, digests, options, settings)
     return storage.jobs.create(
         tenant,

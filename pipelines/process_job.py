@@ -117,8 +117,12 @@ def _compute_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
 
 @_compute_task("reconstruct")
 def reconstruct(
-    pool: Any, study: Study, options: JobOptions, progress: SliceProgress,
-    processing_key: str | None, stage: str = "reconstruct",
+    pool: Any,
+    study: Study,
+    options: JobOptions,
+    progress: SliceProgress,
+    processing_key: str | None,
+    stage: str = "reconstruct",
 ) -> ComputeRun:
     """Reconstruct every slice on the worker pool (cached by processing key)."""
     assert study.kspace is not None
@@ -130,8 +134,12 @@ def reconstruct(
 
 @_compute_task("anomaly-maps")
 def anomaly_maps(
-    pool: Any, images: Any, options: JobOptions, progress: SliceProgress,
-    processing_key: str | None, stage: str = "anomaly",
+    pool: Any,
+    images: Any,
+    options: JobOptions,
+    progress: SliceProgress,
+    processing_key: str | None,
+    stage: str = "anomaly",
 ) -> ComputeRun:
     """Anomaly maps (Wolleb et al. 2022, via ``engine.anomaly_slice``) of every slice."""
     return anomaly_slices(pool, images, options.recon_options(), progress)
@@ -160,7 +168,11 @@ def write_results(storage: Storage, outputs: JobOutputs, folder: Path) -> tuple[
 
 @task(name="publish-results", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
 def publish_results(
-    storage: Storage, tenant: str, job_id: str, attempt: str, names: list[str],
+    storage: Storage,
+    tenant: str,
+    job_id: str,
+    attempt: str,
+    names: list[str],
     timings: dict[str, float],
 ) -> JobRecord:
     """Publish the staged results unless the job was cancelled; then mark it succeeded."""
@@ -244,16 +256,22 @@ def _process(
             recon_run: ComputeRun | None = None
             if study.kspace is not None:
                 recon_run = reconstruct(
-                    pool, study, options,
+                    pool,
+                    study,
+                    options,
                     SliceProgress(progress_sink, study.slices, 0, study.work_items),
                     record.processing_key,
                 )
             anomaly_run: ComputeRun | None = None
             if study.anomaly:
                 anomaly_run = anomaly_maps(
-                    pool, _anomaly_images(study, recon_run), options,
+                    pool,
+                    _anomaly_images(study, recon_run),
+                    options,
                     SliceProgress(
-                        progress_sink, study.slices, study.work_items - study.slices,
+                        progress_sink,
+                        study.slices,
+                        study.work_items - study.slices,
                         study.work_items,
                     ),
                     record.processing_key,
@@ -289,12 +307,19 @@ def _process(
     _artifacts(storage, settings, tenant, job_id, report, names)
     logger.info(
         "job %s succeeded: %d artefacts, compute %.2f s, overhead %.1f %%",
-        job_id, len(names), compute_sum, 100 * final.timings.get("overhead_fraction", 0.0),
+        job_id,
+        len(names),
+        compute_sum,
+        100 * final.timings.get("overhead_fraction", 0.0),
     )
     return Completed(
         message=f"job {job_id} succeeded",
-        data={"job_id": job_id, "state": final.state.value, "artefacts": names,
-              "timings": dict(final.timings)},
+        data={
+            "job_id": job_id,
+            "state": final.state.value,
+            "artefacts": names,
+            "timings": dict(final.timings),
+        },
     )
 
 
@@ -328,9 +353,7 @@ def _model_versions(pool: Any, record: JobRecord, options: JobOptions) -> dict[s
     return dict(record.model_sha256)
 
 
-def _progress_sink(
-    storage: Storage, tenant: str, job_id: str, artifact: ProgressArtifact
-) -> Any:
+def _progress_sink(storage: Storage, tenant: str, job_id: str, artifact: ProgressArtifact) -> Any:
     """Write progress into the record; False (stop) once the job is no longer running."""
 
     def sink(done: int, total: int) -> bool:
@@ -362,8 +385,12 @@ def _fail(storage: Storage, tenant: str, job_id: str, reason: str) -> None:
 
 
 def _artifacts(
-    storage: Storage, settings: Settings, tenant: str, job_id: str,
-    report: Mapping[str, Any], names: list[str],
+    storage: Storage,
+    settings: Settings,
+    tenant: str,
+    job_id: str,
+    report: Mapping[str, Any],
+    names: list[str],
 ) -> None:
     try:
         publish_job_artifacts(storage, settings, tenant, job_id, report, names)

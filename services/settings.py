@@ -103,7 +103,9 @@ class Settings(BaseSettings):
         "'token' otherwise.",
     )
     ray_dashboard_port: int = Field(
-        default=8265, ge=1, le=65535,
+        default=8265,
+        ge=1,
+        le=65535,
         description="Dashboard of the Ray head that `mrdiff up` starts (on 127.0.0.1).",
     )
     actors: int = Field(default=1, ge=1, description="Reconstruction actors in the pool.")
@@ -123,12 +125,13 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="How often the scheduled ingest polls the raw bucket."
     )
     ingest_quiet_seconds: float = Field(
-        default=10.0, ge=0,
+        default=10.0,
+        ge=0,
         description="A study folder is complete once nothing in it changed for this long.",
     )
     default_job_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Options (JSON) for inputs without a job.json, e.g. {\"method\": \"cs-l1\"}.",
+        description='Options (JSON) for inputs without a job.json, e.g. {"method": "cs-l1"}.',
     )
 
     # -- HTTP API -----------------------------------------------------------------------------
@@ -143,12 +146,15 @@ class Settings(BaseSettings):
         description="JSON file of the hashed API keys; None: <data_dir>/api_keys.json.",
     )
     max_upload_bytes: int = Field(
-        default=GIB, ge=KIB,
+        default=GIB,
+        ge=KIB,
         description="Largest multipart upload to POST /v1/jobs (413 above it); larger raw "
         "files go straight to S3 through a presigned URL from POST /v1/uploads.",
     )
     max_json_bytes: int = Field(
-        default=MIB, ge=KIB, le=64 * MIB,
+        default=MIB,
+        ge=KIB,
+        le=64 * MIB,
         description="Largest body of any other request (JSON); 413 above it.",
     )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -158,11 +164,15 @@ class Settings(BaseSettings):
         "accepted in development only.",
     )
     presign_seconds: int = Field(
-        default=3600, ge=60, le=MAX_PRESIGN_SECONDS,
+        default=3600,
+        ge=60,
+        le=MAX_PRESIGN_SECONDS,
         description="Lifetime of the presigned upload URLs of POST /v1/uploads.",
     )
     max_concurrent_submissions: int = Field(
-        default=4, ge=1, le=64,
+        default=4,
+        ge=1,
+        le=64,
         description="Submissions (upload checks, S3 writes, Prefect flow-run creation) one API "
         "process works on at once; more wait their turn, so a burst neither starves status "
         "reads of threads nor overloads S3 and the Prefect server.",
@@ -213,9 +223,15 @@ class Settings(BaseSettings):
             port = parts.port
         except ValueError:
             port = None
-        if (parts.scheme not in {"http", "https"} or not parts.hostname or parts.path
-                or parts.query or parts.fragment or parts.username
-                or (port is None and ":" in parts.netloc.rsplit("]", 1)[-1])):
+        if (
+            parts.scheme not in {"http", "https"}
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or parts.username
+            or (port is None and ":" in parts.netloc.rsplit("]", 1)[-1])
+        ):
             raise ValueError(f"s3_public_endpoint must be http(s)://host[:port], got {value!r}")
         return url
 

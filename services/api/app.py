@@ -63,8 +63,11 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         services.submissions.open()
         seconds = await run_in_threadpool(preload_heavy_modules)
-        log.info("Prefect client loaded in %.1f s; up to %d submissions at once", seconds,
-                 settings.max_concurrent_submissions)
+        log.info(
+            "Prefect client loaded in %.1f s; up to %d submissions at once",
+            seconds,
+            settings.max_concurrent_submissions,
+        )
         yield
 
     app = FastAPI(
@@ -83,8 +86,14 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     app.state.services = services
     install_error_handlers(app)
     for router in (
-        health.router, metrics.router, jobs.router, results.router, uploads.router,
-        models.router, hooks.router, viewer.router,
+        health.router,
+        metrics.router,
+        jobs.router,
+        results.router,
+        uploads.router,
+        models.router,
+        hooks.router,
+        viewer.router,
     ):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -106,8 +115,13 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
         )
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    log.info("mrdiff API over %s (raw %s, results %s); %s", settings.s3_url,
-             storage.raw_bucket, storage.results_bucket, RESEARCH_USE_ONLY)
+    log.info(
+        "mrdiff API over %s (raw %s, results %s); %s",
+        settings.s3_url,
+        storage.raw_bucket,
+        storage.results_bucket,
+        RESEARCH_USE_ONLY,
+    )
     return app
 
 
@@ -117,8 +131,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(
-        title=app.title, version=app.version, description=app.description,
-        routes=app.routes, tags=app.openapi_tags,
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+        tags=app.openapi_tags,
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     job_create = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -130,8 +147,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         for operation in operations.values():
             answer = operation.get("responses", {}).get("422")
             if answer is not None:
-                answer["content"] = {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/ErrorPublic"}}}
+                answer["content"] = {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorPublic"}}
+                }
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
     app.openapi_schema = schema

@@ -88,14 +88,18 @@ async def _conflict(_: Request, error: Exception) -> JSONResponse:
 
 async def _storage_unavailable(_: Request, error: Exception) -> JSONResponse:
     log.error("object storage error: %s", error)
-    return error_response(503, "object storage unavailable; try again later",
-                          headers={"Retry-After": "5"})
+    return error_response(
+        503, "object storage unavailable; try again later", headers={"Retry-After": "5"}
+    )
 
 
 async def _pipeline_unavailable(_: Request, error: Exception) -> JSONResponse:
     log.error("pipeline unavailable: %s", error)
-    return error_response(503, "the job pipeline (Prefect) is unavailable; try again later",
-                          headers={"Retry-After": "5"})
+    return error_response(
+        503,
+        "the job pipeline (Prefect) is unavailable; try again later",
+        headers={"Retry-After": "5"},
+    )
 
 
 async def _unexpected(_: Request, error: Exception) -> JSONResponse:

@@ -28,4 +28,3 @@ def job_public(record: JobRecord) -> JobPublic:
         purged_at=record.purged_at,
         links=JobLinks(self=base, results=f"{base}/results", viewer=f"/viewer/{record.job_id}"),
     )
-

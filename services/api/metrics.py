@@ -57,7 +57,8 @@ class JobCountsCollector(Collector):
             jobs.add_metric([state.value], counts.by_state.get(state, 0))
         yield jobs
         yield CounterMetricFamily(
-            "mrdiff_slices_processed", "Slices finished across all jobs",
+            "mrdiff_slices_processed",
+            "Slices finished across all jobs",
             value=counts.slices_processed,
         )
 
@@ -68,12 +69,17 @@ class ApiMetrics:
     def __init__(self, read_counts: Callable[[], JobCounts] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "mrdiff_http_requests", "HTTP requests answered",
-            ["method", "route", "status"], registry=self.registry,
+            "mrdiff_http_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "mrdiff_http_request_duration_seconds", "Time to answer an HTTP request",
-            ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "mrdiff_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         if read_counts is not None:
             self.registry.register(JobCountsCollector(read_counts))

@@ -116,11 +116,15 @@ class ResultCache:
         finite = values[np.isfinite(values)]
         shape = (int(values.shape[0]), int(values.shape[1]), int(values.shape[2]))
         info = VolumeInfo(
-            file=path, dataset=dataset, shape=shape,
+            file=path,
+            dataset=dataset,
+            shape=shape,
             value_min=float(finite.min()) if finite.size else 0.0,
             value_max=float(finite.max()) if finite.size else 0.0,
-            window=window, level=level,
-            pixel_spacing_mm=(spacing[0], spacing[1]), slice_thickness_mm=thickness,
+            window=window,
+            level=level,
+            pixel_spacing_mm=(spacing[0], spacing[1]),
+            slice_thickness_mm=thickness,
         )
         self._volumes[(path, dataset)] = info
         return info

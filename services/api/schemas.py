@@ -23,7 +23,8 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input_keys: list[str] = Field(
-        min_length=1, max_length=5000,
+        min_length=1,
+        max_length=5000,
         description="Raw-bucket keys, each starting with '<your tenant>/' (one file, or the "
         "instances of one DICOM series).",
     )
@@ -104,11 +105,16 @@ class UploadCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     filename: str = Field(
-        min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}$",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}$",
         description="File name to keep (letters, digits, . _ + = -).",
     )
     study: str | None = Field(
-        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
         description="Folder under your tenant that groups files of one study (default: a new one).",
     )
 

@@ -49,8 +49,15 @@ def submit_upload(
         for path, stored_name in checked.files:
             key = storage.put_raw(tenant, f"{folder}/{stored_name}", path=path)
             digests[key] = sha256 if len(checked.files) == 1 else file_sha256(path)
-    return submit_job(storage, tenant, list(digests), options, idempotency_key,
-                      content_sha256=digests, settings=settings)
+    return submit_job(
+        storage,
+        tenant,
+        list(digests),
+        options,
+        idempotency_key,
+        content_sha256=digests,
+        settings=settings,
+    )
 
 
 def submit_raw_keys(
@@ -63,5 +70,6 @@ def submit_raw_keys(
 ) -> JobRecord:
     """Submit objects already in the raw bucket; each must be the caller's and exist (else 422,
     with the same message whether another tenant's key exists or not)."""
-    return submit_job(storage, tenant, list(input_keys), options, idempotency_key,
-                      settings=settings)
+    return submit_job(
+        storage, tenant, list(input_keys), options, idempotency_key, settings=settings
+    )

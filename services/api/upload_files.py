@@ -26,11 +26,21 @@ InputKind = Literal["hdf5", "dicom", "dicom-zip", "nifti"]
 MAX_ZIP_MEMBERS = 10_000
 ZIP_EXPANSION_LIMIT = 4  # unpacked bytes at most this many times the upload limit
 COPY_CHUNK = 1024 * 1024
-ACCEPTED_PART_TYPES = frozenset({
-    "", "application/octet-stream", "application/x-hdf5", "application/x-hdf",
-    "application/hdf5", "application/dicom", "application/zip", "application/x-zip-compressed",
-    "application/gzip", "application/x-gzip", "application/x-nifti",
-})
+ACCEPTED_PART_TYPES = frozenset(
+    {
+        "",
+        "application/octet-stream",
+        "application/x-hdf5",
+        "application/x-hdf",
+        "application/hdf5",
+        "application/dicom",
+        "application/zip",
+        "application/x-zip-compressed",
+        "application/gzip",
+        "application/x-gzip",
+        "application/x-nifti",
+    }
+)
 SUPPORTED = "fastMRI HDF5, ISMRMRD HDF5, a DICOM file, a zip of a DICOM series, or NIfTI"
 
 
@@ -60,8 +70,10 @@ def check_part_content_type(content_type: str | None) -> None:
     """415 unless the file part's declared type is one a scanner file may carry."""
     declared = (content_type or "").split(";", 1)[0].strip().lower()
     if declared not in ACCEPTED_PART_TYPES:
-        raise UnsupportedUploadError(f"unsupported content type {declared!r} for field 'file'; "
-                                f"send {SUPPORTED} as application/octet-stream")
+        raise UnsupportedUploadError(
+            f"unsupported content type {declared!r} for field 'file'; "
+            f"send {SUPPORTED} as application/octet-stream"
+        )
 
 
 def save_stream(source: BinaryIO, target: Path) -> tuple[str, int]:
@@ -143,8 +155,9 @@ def unpack_dicom_zip(archive: Path, target: Path, max_bytes: int) -> list[Path]:
     return written
 
 
-def check_upload(path: Path, filename: str, sha256: str, size: int, max_bytes: int,
-                 work_dir: Path) -> CheckedUpload:
+def check_upload(
+    path: Path, filename: str, sha256: str, size: int, max_bytes: int, work_dir: Path
+) -> CheckedUpload:
     """Sniff and read the upload at ``path``; 415/422 errors name the problem."""
     kind = sniff_kind(path, filename)
     if kind == "dicom-zip":

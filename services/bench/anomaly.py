@@ -319,9 +319,7 @@ def tune_method(
                 chosen = replace(config, smoothing_px=smoothing, reference=reference_name)
                 best = (value, chosen, row)
     assert best is not None
-    return TuningResult(
-        best[1], best[2]["auroc_head"], best[2]["dice_otsu"], tried, by_reference
-    )
+    return TuningResult(best[1], best[2]["auroc_head"], best[2]["dice_otsu"], tried, by_reference)
 
 
 def lesion_only_score(

@@ -95,8 +95,9 @@ def bench_core(h5: Path, options: JobOptions, threads: int, repeats: int) -> Pip
         result = engine.reconstruct_volume(volume, replace(recon, seed=recon.seed + 1000 * repeat))
         slices += result.reconstruction.shape[0]
         compute += float(result.attrs["seconds"])
-    return PipelineBenchRow("core (one process)", 0, slices, time.perf_counter() - started,
-                            compute, 0.0)
+    return PipelineBenchRow(
+        "core (one process)", 0, slices, time.perf_counter() - started, compute, 0.0
+    )
 
 
 def bench_pipeline(
@@ -117,11 +118,13 @@ def bench_pipeline(
     connect_ray(settings)
     storage.ensure_buckets()
     run = secrets.token_hex(4)
-    key = storage.put_raw(BENCH_TENANT, f"{API_UPLOADS_SEGMENT}/pipeline-{run}/{h5.name}",
-                          path=h5)
+    key = storage.put_raw(BENCH_TENANT, f"{API_UPLOADS_SEGMENT}/pipeline-{run}/{h5.name}", path=h5)
     pool = WorkerPool(
-        n_actors=actors, cpus_per_actor=settings.cpus_per_actor, actor_class=JobActor,
-        prior_path=settings.prior_path, preload_models=options.method == "diffusion",
+        n_actors=actors,
+        cpus_per_actor=settings.cpus_per_actor,
+        actor_class=JobActor,
+        prior_path=settings.prior_path,
+        preload_models=options.method == "diffusion",
     )
     clock = time.perf_counter()
     pool.start()
@@ -134,8 +137,9 @@ def bench_pipeline(
             for repeat in range(repeats):
                 job_options = options.merged({"seed": options.seed + 1000 * repeat + actors})
                 clock = time.perf_counter()
-                record = create_job(storage, BENCH_TENANT, [key], job_options,
-                                    settings=settings).record
+                record = create_job(
+                    storage, BENCH_TENANT, [key], job_options, settings=settings
+                ).record
                 process_job(tenant=BENCH_TENANT, job_id=record.job_id, return_state=True)
                 wall += time.perf_counter() - clock
                 done = storage.jobs.get(BENCH_TENANT, record.job_id)
@@ -161,8 +165,7 @@ def first_slices(h5: Path, slices: int, folder: Path) -> Path:
         raise InputError(f"{h5.name}: the pipeline benchmark needs a k-space study")
     if not 1 <= slices <= volume.kspace.shape[0]:
         raise InputError(f"--slices must be 1..{volume.kspace.shape[0]}, got {slices}")
-    part = replace(volume, kspace=volume.kspace[:slices].copy(),
-                               mask=volume.mask[:slices].copy())
+    part = replace(volume, kspace=volume.kspace[:slices].copy(), mask=volume.mask[:slices].copy())
     folder.mkdir(parents=True, exist_ok=True)
     return write_kspace_h5(folder / f"{h5.stem}-first{slices}{h5.suffix}", part)
 
@@ -216,20 +219,35 @@ def pipeline_command(
     if slices is not None:
         h5 = first_slices(h5, slices, settings.data_dir / "bench")
     counts = [int(item) for item in actors.split(",") if item.strip()]
-    rows = run_bench(storage, settings, h5, options, counts, repeats,
-                     on_job=lambda job: print(f"job {job} done"))
+    rows = run_bench(
+        storage, settings, h5, options, counts, repeats, on_job=lambda job: print(f"job {job} done")
+    )
     study = "sample study" if slices is None else f"sample study, first {slices} slice(s)"
-    table = Table(title=f"mrdiff bench pipeline: {study}, method {method}, {repeats} job(s)"
-                        " per row (research use only, not for diagnosis)")
-    for column in ("configuration", "slices", "wall s", "compute s", "slices/min", "overhead",
-                   "pool start s"):
+    table = Table(
+        title=f"mrdiff bench pipeline: {study}, method {method}, {repeats} job(s)"
+        " per row (research use only, not for diagnosis)"
+    )
+    for column in (
+        "configuration",
+        "slices",
+        "wall s",
+        "compute s",
+        "slices/min",
+        "overhead",
+        "pool start s",
+    ):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(row.name, str(row.slices), f"{row.wall_seconds:.1f}",
-                      f"{row.compute_seconds:.1f}", f"{row.slices_per_minute:.1f}",
-                      # the measure; with several actors compute overlaps, so it is not
-                      f"{100 * row.overhead_fraction:.1f} %" if row.actors == 1 else "-",
-                      f"{row.pool_start_seconds:.1f}")
+        table.add_row(
+            row.name,
+            str(row.slices),
+            f"{row.wall_seconds:.1f}",
+            f"{row.compute_seconds:.1f}",
+            f"{row.slices_per_minute:.1f}",
+            # the measure; with several actors compute overlaps, so it is not
+            f"{100 * row.overhead_fraction:.1f} %" if row.actors == 1 else "-",
+            f"{row.pool_start_seconds:.1f}",
+        )
     Console(width=140).print(table)
     if json_out is not None:
         json_out.write_text(json.dumps([row.as_dict() for row in rows], indent=2) + "\n")

@@ -97,7 +97,10 @@ def bench_speed(
         seconds = []
         for kspace, mask in case_inputs(case, slices):
             result = engine.reconstruct_slice(
-                kspace, mask, case.coils > 1, case_options,
+                kspace,
+                mask,
+                case.coils > 1,
+                case_options,
                 pixel_size_mm=(case.pixel_mm, case.pixel_mm),
             )
             seconds.append(result.seconds)

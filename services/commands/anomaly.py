@@ -157,13 +157,16 @@ def train_classifier_command(
     from services.recon.classifier_training import train_classifier
     from services.recon.training import StepLog, stop_on_signals
 
-    with stop_on_signals(), Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        "loss {task.fields[loss]}",
-    ) as bar:
+    with (
+        stop_on_signals(),
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            "loss {task.fields[loss]}",
+        ) as bar,
+    ):
         task = bar.add_task("training classifier", total=steps, loss="-")
 
         def show(entry: StepLog) -> None:
@@ -364,9 +367,7 @@ def bench_anomaly_command(
         json_out.write_text(json.dumps([row._asdict() for row in rows], indent=2) + "\n")
 
 
-def _bench_detector(
-    name: str, weights: Path | None, classifier: Path | None
-) -> AnomalyDetector:
+def _bench_detector(name: str, weights: Path | None, classifier: Path | None) -> AnomalyDetector:
     """``method`` or ``method@reference`` -> a detector with validation-chosen knobs."""
     method, _, reference = name.partition("@")
     return build_detector(method, weights, classifier, reference=reference or None)

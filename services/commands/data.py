@@ -34,7 +34,13 @@ def build_bank_command(
         typer.echo(f"{done}/{total} slices, {elapsed:.0f} s, {done / elapsed:.1f} slices/s")
 
     summary = build_bank(
-        directory, n, seed, size, workers=workers, shard_size=shard_size, overwrite=overwrite,
+        directory,
+        n,
+        seed,
+        size,
+        workers=workers,
+        shard_size=shard_size,
+        overwrite=overwrite,
         progress=report,
     )
     typer.echo(

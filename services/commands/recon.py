@@ -75,9 +75,7 @@ def reconstruct(
     steps: Annotated[
         int, typer.Option(help="coarse respaced diffusion steps")
     ] = DEFAULT_COARSE_STEPS,
-    refine_steps: Annotated[
-        int, typer.Option(help="fine refinement steps")
-    ] = DEFAULT_REFINE_STEPS,
+    refine_steps: Annotated[int, typer.Option(help="fine refinement steps")] = DEFAULT_REFINE_STEPS,
     eta: Annotated[
         float, typer.Option(help="coarse-step stochasticity: 1 DDPM-like, 0 deterministic DDIM")
     ] = 1.0,

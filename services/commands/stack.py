@@ -52,19 +52,27 @@ def print_urls(stack: Stack) -> None:
     for column in ("process", "state", "pid", "where"):
         table.add_column(column)
     for row in stack.status():
-        state = "ready" if row.running and row.ready else "running" if row.running else (
-            "answering (not started by mrdiff)" if row.ready else "stopped")
+        state = (
+            "ready"
+            if row.running and row.ready
+            else "running"
+            if row.running
+            else ("answering (not started by mrdiff)" if row.ready else "stopped")
+        )
         where = "\n".join(f"{label}: {url}" for label, url in row.urls.items())
         table.add_row(row.name, state, str(row.pid or "-"), where)
     console.print(table)
     plan = stack.plan
-    console.print(f"raw bucket: s3://{plan.settings.raw_bucket}  results bucket: "
-                  f"s3://{plan.settings.results_bucket}  logs: {plan.log_dir}")
+    console.print(
+        f"raw bucket: s3://{plan.settings.raw_bucket}  results bucket: "
+        f"s3://{plan.settings.results_bucket}  logs: {plan.log_dir}"
+    )
 
 
 def up(
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="return once everything is up")]
-    = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="return once everything is up")
+    ] = False,
 ) -> None:
     """Start S3 (nanio), Prefect server + UI, a Ray head and the pipeline's deployments."""
     stack = _stack()
@@ -111,8 +119,10 @@ def status() -> None:
 def demo(
     method: Annotated[
         str | None,
-        typer.Option(help="reconstruction method (default: diffusion if its weights are "
-                          "installed, else cs-l1)"),
+        typer.Option(
+            help="reconstruction method (default: diffusion if its weights are "
+            "installed, else cs-l1)"
+        ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the results")] = 1800.0,
     sample_dir: Annotated[
@@ -132,9 +142,11 @@ def demo(
     studies = flow.demo_studies(h5, dicom, options)
     keys = {study.name: flow.expected_key(study, settings) for study in studies}
     flow.upload(storage, studies)
-    console.print(f"uploaded {sum(len(s.files) for s in studies)} files to "
-                  f"s3://{storage.raw_bucket}/{flow.DEMO_TENANT}/ ; ingest runs after the "
-                  "quiet period")
+    console.print(
+        f"uploaded {sum(len(s.files) for s in studies)} files to "
+        f"s3://{storage.raw_bucket}/{flow.DEMO_TENANT}/ ; ingest runs after the "
+        "quiet period"
+    )
     flow.request_ingest(settings)
     try:
         jobs = _follow(stack, storage, studies, keys, timeout)
@@ -153,8 +165,13 @@ def _follow(
     keys: dict[str, str],
     timeout: float,
 ) -> dict[str, JobRecord | None]:
-    with Progress("[progress.description]{task.description}", BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         tasks: dict[str, TaskID] = {
             study.name: bar.add_task(f"{study.name}: waiting for ingest", total=None)
             for study in studies
@@ -165,8 +182,12 @@ def _follow(
                 if job is None:
                     continue
                 total = job.progress_total or None
-                bar.update(tasks[name], total=total, completed=job.progress_done,
-                           description=f"{name}: {job.state.value}")
+                bar.update(
+                    tasks[name],
+                    total=total,
+                    completed=job.progress_done,
+                    description=f"{name}: {job.state.value}",
+                )
 
         return demo_flow.wait_for_jobs(storage, keys, timeout, update, stack.failure)
 
@@ -180,15 +201,22 @@ def _summary(
 ) -> None:
     flow = demo_flow
     table = Table(title="mrdiff demo (research use only, not for diagnosis)")
-    for column in ("study", "input", "slices", "method", "state", "compute s", "overhead",
-                   "job"):
+    for column in ("study", "input", "slices", "method", "state", "compute s", "overhead", "job"):
         table.add_column(column)
     copied: list[Path] = []
     for study in studies:
         job = jobs.get(study.name)
         if job is None:
-            table.add_row(study.name, study.description, "-", study.options.method,
-                          "not started", "-", "-", "-")
+            table.add_row(
+                study.name,
+                study.description,
+                "-",
+                study.options.method,
+                "not started",
+                "-",
+                "-",
+                "-",
+            )
             continue
         slices = "-"
         if job.state.value == "succeeded":
@@ -197,10 +225,14 @@ def _summary(
             slices = str(flow.reported_slices(folder))
         timings = job.timings
         table.add_row(
-            study.name, study.description, slices, study.options.method,
+            study.name,
+            study.description,
+            slices,
+            study.options.method,
             job.state.value if not job.error else f"{job.state.value}: {job.error[:60]}",
             f"{timings.get('compute_seconds', 0.0):.1f}",
-            f"{100 * timings.get('overhead_fraction', 0.0):.1f} %", job.job_id,
+            f"{100 * timings.get('overhead_fraction', 0.0):.1f} %",
+            job.job_id,
         )
     console.print(table)
     plan = stack.plan
@@ -208,15 +240,19 @@ def _summary(
     console.print(f"  Prefect UI (flow runs, task runs, artifacts): {plan.prefect_ui_url}/runs")
     console.print(f"  Prefect artifacts: {plan.prefect_ui_url}/artifacts")
     console.print(f"  Ray dashboard: {plan.ray_dashboard_url}")
-    console.print(f"  results in S3: {settings.s3_url}/{settings.results_bucket}/"
-                  f"{flow.DEMO_TENANT}/jobs/<job>/ (keys from settings)")
+    console.print(
+        f"  results in S3: {settings.s3_url}/{settings.results_bucket}/"
+        f"{flow.DEMO_TENANT}/jobs/<job>/ (keys from settings)"
+    )
     for study in studies:
         job = jobs.get(study.name)
         if job is not None and job.state.value == "succeeded":
             console.print(f"  {study.name} viewer: {plan.api_url}/viewer/{job.job_id}")
             console.print(f"  {study.name} job (API): {plan.api_url}/v1/jobs/{job.job_id}")
-    console.print(f"  the viewer and API ask for a key of tenant {flow.DEMO_TENANT!r}: "
-                  f"`mrdiff api-key create --tenant {flow.DEMO_TENANT}`")
+    console.print(
+        f"  the viewer and API ask for a key of tenant {flow.DEMO_TENANT!r}: "
+        f"`mrdiff api-key create --tenant {flow.DEMO_TENANT}`"
+    )
     if copied:
         console.print(f"  local copies: {copied[0].parents[1]}")
     console.print("the stack keeps running; stop it with `mrdiff down`")

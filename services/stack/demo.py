@@ -67,7 +67,9 @@ def sample_data(folder: Path, echo: Callable[[str], None]) -> tuple[Path, list[P
         folder.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
             [sys.executable, "-m", "services.cli", "sample-data", str(folder), "--overwrite"],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise InputError(f"mrdiff sample-data failed: {result.stderr.strip()[-500:]}")
@@ -98,7 +100,9 @@ def demo_studies(h5: Path, dicom: Sequence[Path], options: JobOptions) -> list[D
     return [
         DemoStudy("kspace", "8-coil k-space, 4x undersampled (fastMRI HDF5)", (h5,), options),
         DemoStudy(
-            "dicom", "MR DICOM series (k-space simulated, 4x random 1-D mask)", tuple(dicom),
+            "dicom",
+            "MR DICOM series (k-space simulated, 4x random 1-D mask)",
+            tuple(dicom),
             options,
         ),
     ]
@@ -118,8 +122,9 @@ def expected_key(study: DemoStudy, settings: Settings) -> str:
     """The processing key the study's job will carry (the same rule as ``create_job``)."""
     digests = {
         key: _sha256(path)
-        for key, path in zip(study.raw_keys(), sorted(study.files, key=lambda p: p.name),
-                             strict=True)
+        for key, path in zip(
+            study.raw_keys(), sorted(study.files, key=lambda p: p.name), strict=True
+        )
     }
     key, _ = job_processing_key(DEMO_TENANT, digests, study.options, settings)
     return key
@@ -129,15 +134,19 @@ def request_ingest(settings: Settings) -> str:
     """An ``ingest`` run for the demo tenant, scheduled just after the quiet period."""
     quiet = PipelineConfig.from_settings(settings).ingest_quiet_seconds
     return start_deployment_run(
-        settings, INGEST_DEPLOYMENT, {"tenant": DEMO_TENANT},
-        scheduled_time=datetime.now(UTC) + timedelta(seconds=quiet + 1.0), tags=["demo"],
+        settings,
+        INGEST_DEPLOYMENT,
+        {"tenant": DEMO_TENANT},
+        scheduled_time=datetime.now(UTC) + timedelta(seconds=quiet + 1.0),
+        tags=["demo"],
     )
 
 
 def find_jobs(storage: Storage, keys: dict[str, str]) -> dict[str, JobRecord | None]:
     """Study name -> the job owning its processing key (None while ingest has not run)."""
-    return {name: storage.jobs.find_by_processing_key(DEMO_TENANT, key)
-            for name, key in keys.items()}
+    return {
+        name: storage.jobs.find_by_processing_key(DEMO_TENANT, key) for name, key in keys.items()
+    }
 
 
 def wait_for_jobs(
@@ -172,12 +181,13 @@ def wait_for_jobs(
 def copy_results(storage: Storage, job: JobRecord, folder: Path) -> list[Path]:
     """Download a finished job's report, HDF5 and first previews to ``folder``."""
     wanted = [
-        name for name in job.artefacts
+        name
+        for name in job.artefacts
         if name in ("report.json", "reconstruction.h5", "anomaly.h5")
-        or name.endswith("-000.png") or name.endswith("-004.png")
+        or name.endswith("-000.png")
+        or name.endswith("-004.png")
     ]
-    return [storage.download_result(job.tenant, job.job_id, name, folder / name)
-            for name in wanted]
+    return [storage.download_result(job.tenant, job.job_id, name, folder / name) for name in wanted]
 
 
 def reported_slices(folder: Path) -> int | str:

@@ -135,8 +135,14 @@ def ray_head_spec(
     node_manager, agent_http, agent_grpc, metrics, runtime_env, client = _distinct_free_ports(6)
     temp_dir = temp_dir.resolve()
     dashboard = (
-        ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-         "--dashboard-port", str(dashboard_port)]
+        [
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard_port),
+        ]
         if dashboard_port is not None
         else ["--include-dashboard", "false"]
     )
@@ -146,17 +152,35 @@ def ray_head_spec(
     return ProcessSpec(
         name="ray",
         argv=[
-            console_script("ray"), "start", "--head", "--block", "--port", str(port),
-            "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus),
-            "--object-store-memory", str(object_store_bytes), *dashboard,
-            "--node-manager-port", str(node_manager),
-            "--dashboard-agent-listen-port", str(agent_http),
-            "--dashboard-agent-grpc-port", str(agent_grpc),
-            "--metrics-export-port", str(metrics),
-            "--runtime-env-agent-port", str(runtime_env),
-            "--ray-client-server-port", str(client),
+            console_script("ray"),
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(port),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            str(cpus),
+            "--object-store-memory",
+            str(object_store_bytes),
+            *dashboard,
+            "--node-manager-port",
+            str(node_manager),
+            "--dashboard-agent-listen-port",
+            str(agent_http),
+            "--dashboard-agent-grpc-port",
+            str(agent_grpc),
+            "--metrics-export-port",
+            str(metrics),
+            "--runtime-env-agent-port",
+            str(runtime_env),
+            "--ray-client-server-port",
+            str(client),
             *(["--no-monitor", "--include-log-monitor", "false"] if lean else []),
-            "--disable-usage-stats", "--temp-dir", str(temp_dir),
+            "--disable-usage-stats",
+            "--temp-dir",
+            str(temp_dir),
         ],
         ready=HeadReady(
             started=log_says(log_dir / "ray.log", RAY_STARTED),

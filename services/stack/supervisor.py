@@ -168,14 +168,16 @@ class Stack:
         for spec in self.specs():
             process = recorded.get(spec.name)
             running = process is not None and is_alive(process)
-            rows.append(ComponentStatus(
-                name=spec.name,
-                pid=process.pid if process else None,
-                running=running,
-                ready=spec.ready(),
-                urls=dict(spec.urls),
-                log=process.log if process else None,
-            ))
+            rows.append(
+                ComponentStatus(
+                    name=spec.name,
+                    pid=process.pid if process else None,
+                    running=running,
+                    ready=spec.ready(),
+                    urls=dict(spec.urls),
+                    log=process.log if process else None,
+                )
+            )
         return rows
 
     def client_settings(self) -> Settings:

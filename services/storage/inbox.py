@@ -133,7 +133,8 @@ def list_new_raw(
     else:
         horizon = previous.watermark - overlap
         new = [
-            item for item in objects
+            item
+            for item in objects
             if item.last_modified > horizon and (item.key, item.etag) not in previous.seen
         ]
     times = [item.last_modified for item in objects]
@@ -149,9 +150,7 @@ def list_new_raw(
     return InboxListing(objects=new, marker=_Marker(watermark, seen).encode())
 
 
-def quarantine(
-    store: ObjectStore, bucket: str, raw_key: str, reason: str
-) -> QuarantinedObject:
+def quarantine(store: ObjectStore, bucket: str, raw_key: str, reason: str) -> QuarantinedObject:
     """Move a raw object out of the inbox into ``<tenant>/_quarantine/<id>/`` with a reason.
 
     The copy and ``reason.json`` are written before the original is deleted, so the input is
@@ -179,8 +178,6 @@ def quarantine(
         "object_key": object_key,
         "research_use_only": RESEARCH_USE_ONLY,
     }
-    store.put_bytes(
-        bucket, reason_key, json.dumps(document, indent=1).encode(), "application/json"
-    )
+    store.put_bytes(bucket, reason_key, json.dumps(document, indent=1).encode(), "application/json")
     store.delete(bucket, raw_key)
     return QuarantinedObject(original_key=raw_key, object_key=object_key, reason_key=reason_key)

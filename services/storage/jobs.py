@@ -249,8 +249,15 @@ class JobStore:
         keys.validate_tenant(tenant)
         if idempotency_key is None:
             return self._create_for_processing_key(
-                tenant, input_keys, options, job_id, None, processing_key,
-                content_sha256, model_sha256, progress_total,
+                tenant,
+                input_keys,
+                options,
+                job_id,
+                None,
+                processing_key,
+                content_sha256,
+                model_sha256,
+                progress_total,
             )
         index_key = keys.idempotency_index_key(tenant, idempotency_key)
         with self.mutex.hold(index_key):
@@ -258,8 +265,15 @@ class JobStore:
             if existing is not None:
                 return CreatedJob(existing, created=False)
             created = self._create_for_processing_key(
-                tenant, input_keys, options, job_id, idempotency_key, processing_key,
-                content_sha256, model_sha256, progress_total,
+                tenant,
+                input_keys,
+                options,
+                job_id,
+                idempotency_key,
+                processing_key,
+                content_sha256,
+                model_sha256,
+                progress_total,
             )
             self._write_index(index_key, created.record.job_id)
             return created

@@ -130,22 +130,37 @@ def start_local_s3(
     for inherited in ("NANIO_OPTIONS_FILE", "NANIO_HOST", "NANIO_PORT", "NANIO_DATA_DIR"):
         environment.pop(inherited, None)
     command = [
-        sys.executable, "-m", "nanio", "serve",
-        "--host", LOOPBACK, "--port", str(port), "--data-dir", str(folder),
-        "--region", settings.s3_region, "--log-level", "warning", "--no-access-log",
+        sys.executable,
+        "-m",
+        "nanio",
+        "serve",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(folder),
+        "--region",
+        settings.s3_region,
+        "--log-level",
+        "warning",
+        "--no-access-log",
     ]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=environment, start_new_session=detach,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=detach,
         )
     server = LocalS3Server(settings, folder, process.pid, log_path, process)
     deadline = time.monotonic() + wait_seconds
     while not (port_is_open(LOOPBACK, port) and _answers_with_keys(settings)):
         if process.poll() is not None:
             raise StorageError(
-                f"nanio exited with code {process.returncode}; see {log_path}: "
-                f"{_tail(log_path)}"
+                f"nanio exited with code {process.returncode}; see {log_path}: {_tail(log_path)}"
             )
         if time.monotonic() > deadline:
             server.stop()
@@ -229,10 +244,17 @@ class InProcessS3Server:
         credentials = StaticCredentialResolver(
             {settings.s3_access_key: settings.s3_secret_key.get_secret_value()}
         )
-        app = build_app(NanioSettings(
-            data_dir=self.data_dir, host=LOOPBACK, port=port, region=settings.s3_region,
-            credentials=credentials, access_log=False, log_level="warning",
-        ))
+        app = build_app(
+            NanioSettings(
+                data_dir=self.data_dir,
+                host=LOOPBACK,
+                port=port,
+                region=settings.s3_region,
+                credentials=credentials,
+                access_log=False,
+                log_level="warning",
+            )
+        )
         config = uvicorn.Config(
             app, host=LOOPBACK, port=port, log_level="warning", access_log=False, lifespan="off"
         )

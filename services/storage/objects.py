@@ -56,8 +56,9 @@ def make_minio_client(settings: Settings, *, public: bool = False) -> Minio:
         parts = urlsplit(settings.s3_public_url)
         endpoint, secure = parts.netloc, parts.scheme == "https"
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=min(5.0, settings.s3_timeout_seconds),
-                                read=settings.s3_timeout_seconds),
+        timeout=urllib3.Timeout(
+            connect=min(5.0, settings.s3_timeout_seconds), read=settings.s3_timeout_seconds
+        ),
         retries=False,
         maxsize=16,
     )
@@ -128,8 +129,12 @@ class ObjectStore:
 
         def put() -> str:
             result = self.client.put_object(
-                bucket, key, io.BytesIO(data), len(data),
-                content_type=content_type, metadata=dict(metadata or {}),
+                bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type,
+                metadata=dict(metadata or {}),
             )
             return str(result.etag)
 
@@ -150,7 +155,11 @@ class ObjectStore:
             if start is not None:
                 stream.seek(start)
             result = self.client.put_object(
-                bucket, key, stream, length, content_type=content_type,
+                bucket,
+                key,
+                stream,
+                length,
+                content_type=content_type,
                 part_size=0 if length >= 0 else 16 * 1024 * 1024,
             )
             return str(result.etag)
@@ -168,8 +177,9 @@ class ObjectStore:
     ) -> str:
         """Upload a local file; returns the ETag."""
         with open(path, "rb") as stream:
-            return self.put_stream(bucket, key, stream, os.fstat(stream.fileno()).st_size,
-                                   content_type)
+            return self.put_stream(
+                bucket, key, stream, os.fstat(stream.fileno()).st_size, content_type
+            )
 
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> str:
         """Server-side copy; returns the new object's ETag."""
@@ -204,9 +214,7 @@ class ObjectStore:
             self._call(f"delete {len(keys)} objects in {bucket}", delete)
 
     # -- reads --------------------------------------------------------------------------------
-    def _read(
-        self, bucket: str, key: str, sink: Callable[[Iterator[bytes], str], T]
-    ) -> T:
+    def _read(self, bucket: str, key: str, sink: Callable[[Iterator[bytes], str], T]) -> T:
         """GET ``key`` and feed its body, in chunks, and its ETag (unquoted, lower case) to
         ``sink``; retried from the start."""
 
@@ -286,8 +294,13 @@ class ObjectStore:
                 if _is_missing(error):
                     return None
                 raise
-            return _info(found.object_name or key, found.size, found.etag,
-                         found.last_modified, found.content_type)
+            return _info(
+                found.object_name or key,
+                found.size,
+                found.etag,
+                found.last_modified,
+                found.content_type,
+            )
 
         return self._call(f"stat {bucket}/{key}", head)
 
@@ -326,5 +339,10 @@ def _info(
 ) -> ObjectInfo:
     if modified is None:
         raise StorageError(f"object store gave no Last-Modified for {key!r}")
-    return ObjectInfo(key=key, size=int(size or 0), etag=(etag or "").strip('"'),
-                      last_modified=modified, content_type=ctype)
+    return ObjectInfo(
+        key=key,
+        size=int(size or 0),
+        etag=(etag or "").strip('"'),
+        last_modified=modified,
+        content_type=ctype,
+    )

@@ -120,9 +120,8 @@ class StagedResults:
         finals = {name: keys.result_key(self.tenant, self.job_id, name) for name in names}
         if not overwrite:
             existing = {
-                item.key for item in self.store.list(
-                    self.bucket, keys.job_prefix(self.tenant, self.job_id)
-                )
+                item.key
+                for item in self.store.list(self.bucket, keys.job_prefix(self.tenant, self.job_id))
             }
             clashes = sorted(key for key in finals.values() if key in existing)
             if clashes:

@@ -69,9 +69,7 @@ def is_transient(error: BaseException) -> bool:
         return error.status_code >= 500
     if isinstance(error, InvalidResponseError):
         return str(error).startswith("non-XML response from server; Response code: 5")
-    return isinstance(
-        error, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError
-    )
+    return isinstance(error, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
 
 def call_with_retry(

@@ -180,8 +180,11 @@ class Storage:
         record = self.jobs.get(tenant, job_id)
         prefix = keys.job_prefix(tenant, job_id)
         record_key = prefix + keys.JOB_RECORD_NAME
-        doomed = [item.key for item in self.objects.list(self.results_bucket, prefix)
-                  if item.key != record_key]
+        doomed = [
+            item.key
+            for item in self.objects.list(self.results_bucket, prefix)
+            if item.key != record_key
+        ]
         self.objects.delete_many(self.results_bucket, doomed)
         if record.processing_key:
             self.jobs.release_processing_key(tenant, record.processing_key, job_id)
@@ -192,8 +195,9 @@ class Storage:
 
     def get_result(self, tenant: str, job_id: str, artefact: str) -> bytes:
         """Bytes of one published artefact of a succeeded job."""
-        return self.objects.get_bytes(self.results_bucket, self._visible_result_key(
-            tenant, job_id, artefact))
+        return self.objects.get_bytes(
+            self.results_bucket, self._visible_result_key(tenant, job_id, artefact)
+        )
 
     def download_result(self, tenant: str, job_id: str, artefact: str, path: str | Path) -> Path:
         """Save one published artefact of a succeeded job to a local file (atomically)."""

@@ -52,9 +52,7 @@ class ReconActor:
         torch.set_num_threads(self.threads)
         self.device = pick_device(use_gpu)
         self.engine = ReconEngine(prior_path=prior_path, device=self.device, threads=self.threads)
-        self._model_versions: dict[str, str] = (
-            dict(self.engine.model_versions()) if preload else {}
-        )
+        self._model_versions: dict[str, str] = dict(self.engine.model_versions()) if preload else {}
 
     def info(self) -> ActorInfo:
         """Pid, device, threads and the sha256 of the models loaded so far."""

@@ -104,9 +104,7 @@ def connect_ray(
             )
         _use_auth_mode(mode)
         if settings.ray_address:
-            ray.init(
-                address=settings.ray_address, namespace=NAMESPACE, log_to_driver=log_to_driver
-            )
+            ray.init(address=settings.ray_address, namespace=NAMESPACE, log_to_driver=log_to_driver)
             started_local = False
         else:
             _single_machine_mode()

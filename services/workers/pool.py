@@ -125,8 +125,9 @@ class WorkerPool:
             for _ in range(self.n_actors)
         ]
         try:
-            ray.get([actor.info.remote() for actor in self.actors],
-                    timeout=self.start_timeout_seconds)
+            ray.get(
+                [actor.info.remote() for actor in self.actors], timeout=self.start_timeout_seconds
+            )
         except ray.exceptions.GetTimeoutError:
             cpus = ray.cluster_resources().get("CPU", 0)
             self.shutdown()
@@ -212,8 +213,11 @@ class WorkerPool:
 
         Returns the ``SliceResult`` list in slice order.
         """
-        return self._collect(self.iter_reconstruct(kspace, mask, multicoil, options),
-                             np.asarray(kspace).shape[0], on_result)
+        return self._collect(
+            self.iter_reconstruct(kspace, mask, multicoil, options),
+            np.asarray(kspace).shape[0],
+            on_result,
+        )
 
     def iter_anomaly(self, images: np.ndarray, options: Any) -> Iterator[tuple[int, Any]]:
         """Anomaly maps of every slice of ``images`` ``(S, H, W)``; yields ``(index, result)``."""
@@ -228,8 +232,9 @@ class WorkerPool:
         self, images: np.ndarray, options: Any, on_result: ResultCallback | None = None
     ) -> list[Any]:
         """Anomaly maps of every slice, in slice order."""
-        return self._collect(self.iter_anomaly(images, options), np.asarray(images).shape[0],
-                             on_result)
+        return self._collect(
+            self.iter_anomaly(images, options), np.asarray(images).shape[0], on_result
+        )
 
     @staticmethod
     def _collect(
@@ -354,4 +359,3 @@ def _per_slice_masks(mask: np.ndarray, count: int, shape: tuple[int, ...]) -> np
     if mask.shape == (count, height, width):
         return mask
     raise InputError(f"mask shape {mask.shape} fits neither (H, W) nor (slices, H, W)")
-

@@ -94,8 +94,9 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield str(PREFECT_API_URL.value())
 
 
-def wait_for_deployment(api_url: str, name: str, process: subprocess.Popen[bytes],
-                        log: Path, timeout: float = 120.0) -> None:
+def wait_for_deployment(
+    api_url: str, name: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120.0
+) -> None:
     """Block until the Prefect server knows deployment ``name`` (flow/deployment)."""
     flow_name, deployment_name = name.split("/")
     deadline = time.monotonic() + timeout
@@ -110,17 +111,17 @@ def wait_for_deployment(api_url: str, name: str, process: subprocess.Popen[bytes
 
 
 @pytest.fixture(scope="session")
-def api_settings(
-    s3_server: Any, prefect_api_url: str, ray_cluster: RayConnection
-) -> Settings:
+def api_settings(s3_server: Any, prefect_api_url: str, ray_cluster: RayConnection) -> Settings:
     """The session's settings, pointed at its Prefect server and Ray cluster."""
-    return s3_server.settings.model_copy(update={
-        "prefect_api_url": prefect_api_url,
-        "ray_address": ray_cluster.address,
-        "ray_auth_mode": ray_cluster.auth_mode,
-        "actors": 1,
-        "cpus_per_actor": 1,
-    })
+    return s3_server.settings.model_copy(
+        update={
+            "prefect_api_url": prefect_api_url,
+            "ray_address": ray_cluster.address,
+            "ray_auth_mode": ray_cluster.auth_mode,
+            "actors": 1,
+            "cpus_per_actor": 1,
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -137,12 +138,17 @@ def job_runner(api_settings: Settings, tmp_path_factory: pytest.TempPathFactory)
     }
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-c", SERVE_SCRIPT], env=env, cwd=REPO,
-            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-c", SERVE_SCRIPT],
+            env=env,
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
-        wait_for_deployment(str(api_settings.prefect_api_url), "process-job/process-job",
-                            process, log)
+        wait_for_deployment(
+            str(api_settings.prefect_api_url), "process-job/process-job", process, log
+        )
         yield
     finally:
         process.terminate()
@@ -159,8 +165,9 @@ def job_runner(api_settings: Settings, tmp_path_factory: pytest.TempPathFactory)
 
 def serve_in_thread(app: Any, port: int) -> tuple[uvicorn.Server, threading.Thread]:
     """Run ``app`` under uvicorn on 127.0.0.1:``port`` in a daemon thread; wait until it listens."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
     thread = threading.Thread(target=server.run, name="uvicorn-api", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -207,8 +214,9 @@ def api_tenant() -> str:
     return f"api{secrets.token_hex(4)}"
 
 
-def wait_for_state(client: httpx.Client, job_id: str, states: set[str],
-                   timeout: float = 180.0) -> dict[str, Any]:
+def wait_for_state(
+    client: httpx.Client, job_id: str, states: set[str], timeout: float = 180.0
+) -> dict[str, Any]:
     """Poll ``GET /v1/jobs/{id}`` until the job is in one of ``states``; return its body."""
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
@@ -224,8 +232,9 @@ def wait_for_state(client: httpx.Client, job_id: str, states: set[str],
     raise TimeoutError(f"job {job_id} still {body.get('state')} after {timeout} s: {body}")
 
 
-def wait_for_progress(client: httpx.Client, job_id: str, done_at_least: int,
-                      timeout: float = 180.0) -> dict[str, Any]:
+def wait_for_progress(
+    client: httpx.Client, job_id: str, done_at_least: int, timeout: float = 180.0
+) -> dict[str, Any]:
     """Poll until the job is running with at least ``done_at_least`` slices finished."""
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}

@@ -120,15 +120,23 @@ def ray_cluster() -> Iterator[RayConnection]:
     token = write_ray_token(temp / "auth_token")
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     port = free_port()
-    spec = ray_head_spec(port, cpus=RAY_TEST_CPUS, temp_dir=temp, log_dir=temp,
-                         object_store_bytes=RAY_TEST_OBJECT_STORE_BYTES, lean=True, env=auth)
+    spec = ray_head_spec(
+        port,
+        cpus=RAY_TEST_CPUS,
+        temp_dir=temp,
+        log_dir=temp,
+        object_store_bytes=RAY_TEST_OBJECT_STORE_BYTES,
+        lean=True,
+        env=auth,
+    )
     saved = {key: os.environ.get(key) for key in auth}
     os.environ.update(auth)  # for this driver and every process a test starts
     try:
         running, _ = start_until_ready(spec, temp)  # on failure, Ray's logs stay in ``temp``
         try:
-            settings = load_settings(environment="development", ray_address=f"127.0.0.1:{port}",
-                                     ray_auth_mode="token")
+            settings = load_settings(
+                environment="development", ray_address=f"127.0.0.1:{port}", ray_auth_mode="token"
+            )
             yield connect_ray(settings, log_to_driver=False)
         finally:
             disconnect_ray()

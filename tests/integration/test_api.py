@@ -42,8 +42,13 @@ FAST_IMAGES = {"method": "zero-filled", "mask": "random1d", "accel": 4}
 # classifier is installed), else with the fast zero-filled baseline.
 WEIGHTS = Path(__file__).resolve().parents[2] / "services" / "recon" / "weights"
 VIEWER_OPTIONS: dict[str, Any] = (
-    {"method": "diffusion", "samples": 4, "steps": 20, "refine_steps": 2,
-     "anomaly": (WEIGHTS / "classifier.pt").exists()}
+    {
+        "method": "diffusion",
+        "samples": 4,
+        "steps": 20,
+        "refine_steps": 2,
+        "anomaly": (WEIGHTS / "classifier.pt").exists(),
+    }
     if os.environ.get("MRDIFF_VIEWER_DIFFUSION") == "1" and (WEIGHTS / "prior.pt").exists()
     else {"method": "zero-filled"}
 )
@@ -82,8 +87,9 @@ def kspace_h5(slices: int = 3, size: int = 32, seed: int = 0) -> bytes:
 
 def dicom_zip(folder: Path, slices: int = 3, size: int = 32) -> bytes:
     """A zip of a synthetic DICOM series (a phantom, no real person)."""
-    files = write_dicom_series(folder, phantom(slices, size, seed=3) * 1000, (1.0, 1.0), 3.0,
-                               None, "api test series")
+    files = write_dicom_series(
+        folder, phantom(slices, size, seed=3) * 1000, (1.0, 1.0), 3.0, None, "api test series"
+    )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as bundle:
         for file in files:
@@ -91,8 +97,9 @@ def dicom_zip(folder: Path, slices: int = 3, size: int = 32) -> bytes:
     return buffer.getvalue()
 
 
-def submit_file(client: httpx.Client, name: str, data: bytes, options: Mapping[str, Any],
-                **headers: str) -> httpx.Response:
+def submit_file(
+    client: httpx.Client, name: str, data: bytes, options: Mapping[str, Any], **headers: str
+) -> httpx.Response:
     return client.post(
         "/v1/jobs",
         files={"file": (name, data, "application/octet-stream")},
@@ -106,14 +113,18 @@ def fetch_and_check_results(client: httpx.Client, job: dict[str, Any], slices: i
     listing = client.get(job["links"]["results"])
     assert listing.status_code == 200, listing.text
     items = {item["name"]: item for item in listing.json()["items"]}
-    for name in ("reconstruction.png", "reconstruction.npy", "reconstruction.nii.gz",
-                 "reconstruction.h5", "report.json"):
+    for name in (
+        "reconstruction.png",
+        "reconstruction.npy",
+        "reconstruction.nii.gz",
+        "reconstruction.h5",
+        "report.json",
+    ):
         assert name in items, sorted(items)
     png_entry = items["reconstruction.png"]
     assert png_entry["media_type"] == "image/png" and png_entry["slices"] == slices
 
-    png = client.get(png_entry["url"], params={"slice": slices - 1, "window": 0.8,
-                                               "level": 0.4})
+    png = client.get(png_entry["url"], params={"slice": slices - 1, "window": 0.8, "level": 0.4})
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     image = Image.open(io.BytesIO(png.content))
     assert image.width >= 32 and "research use only" in image.info.get("Disclaimer", "")
@@ -184,9 +195,11 @@ def test_idempotent_retry_returns_the_same_job(api_stack: ApiStack, api_tenant: 
         assert first.status_code == again.status_code == 202
         assert first.json()["id"] == again.json()["id"]
         # The same raw keys as JSON under the same key: still that job.
-        by_keys = client.post("/v1/jobs", json={"input_keys": first.json()["input_keys"],
-                                                "options": FAST},
-                              headers={"Idempotency-Key": "retry-1"})
+        by_keys = client.post(
+            "/v1/jobs",
+            json={"input_keys": first.json()["input_keys"], "options": FAST},
+            headers={"Idempotency-Key": "retry-1"},
+        )
         assert by_keys.status_code == 202 and by_keys.json()["id"] == first.json()["id"]
         assert len(client.get("/v1/jobs").json()["items"]) == 1
         wait_for_state(client, first.json()["id"], {"succeeded"})
@@ -195,15 +208,19 @@ def test_idempotent_retry_returns_the_same_job(api_stack: ApiStack, api_tenant: 
 @slow
 def test_tenant_isolation(api_stack: ApiStack, api_tenant: str) -> None:
     other = api_tenant + "b"
-    with api_stack.client(api_stack.key_for(api_tenant)) as owner, \
-            api_stack.client(api_stack.key_for(other)) as stranger:
+    with (
+        api_stack.client(api_stack.key_for(api_tenant)) as owner,
+        api_stack.client(api_stack.key_for(other)) as stranger,
+    ):
         job = submit_file(owner, "mine.h5", kspace_h5(seed=5), FAST).json()
         wait_for_state(owner, job["id"], {"succeeded"})
-        for method, path in (("GET", f"/v1/jobs/{job['id']}"),
-                             ("GET", f"/v1/jobs/{job['id']}/results"),
-                             ("GET", f"/v1/jobs/{job['id']}/results/reconstruction.png"),
-                             ("GET", f"/v1/jobs/{job['id']}/results/reconstruction.h5"),
-                             ("DELETE", f"/v1/jobs/{job['id']}?purge=true")):
+        for method, path in (
+            ("GET", f"/v1/jobs/{job['id']}"),
+            ("GET", f"/v1/jobs/{job['id']}/results"),
+            ("GET", f"/v1/jobs/{job['id']}/results/reconstruction.png"),
+            ("GET", f"/v1/jobs/{job['id']}/results/reconstruction.h5"),
+            ("DELETE", f"/v1/jobs/{job['id']}?purge=true"),
+        ):
             answer = stranger.request(method, path)
             assert answer.status_code == 404, (method, path, answer.text)
             assert answer.json()["detail"] == f"no job {job['id']!r}"
@@ -245,8 +262,9 @@ def test_error_bodies_name_the_problem(light_stack: ApiStack, api_tenant: str) -
         assert real.status_code == 422 and "real" in real.json()["detail"].lower()
         bad_options = submit_file(client, "knee.h5", kspace_h5(), {"samples": 0})
         assert bad_options.status_code == 422 and "samples" in bad_options.json()["detail"]
-        not_json = client.post("/v1/jobs", files={"file": ("k.h5", kspace_h5())},
-                               data={"options": "{nope"})
+        not_json = client.post(
+            "/v1/jobs", files={"file": ("k.h5", kspace_h5())}, data={"options": "{nope"}
+        )
         assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["detail"]
         no_file = client.post("/v1/jobs", files={"other": ("k.h5", b"x")})
         assert no_file.status_code == 422
@@ -254,7 +272,8 @@ def test_error_bodies_name_the_problem(light_stack: ApiStack, api_tenant: str) -
         assert bad_body.status_code == 422 and "input_keys" in bad_body.json()["detail"]
         for answer in (no_file, bad_body, text, invalid, real, not_json):
             assert "Traceback" not in answer.text and answer.headers["content-type"] == (
-                "application/json")
+                "application/json"
+            )
 
 
 @pytest.fixture
@@ -273,14 +292,19 @@ def test_uploads_over_the_limit_get_413(small_limit_stack: ApiStack, api_tenant:
         assert "/v1/uploads" in declared.json()["detail"]
 
         def chunks() -> Iterator[bytes]:
-            yield (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.h5\"\r\n"
-                   b"Content-Type: application/octet-stream\r\n\r\n")
+            yield (
+                b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.h5"\r\n'
+                b"Content-Type: application/octet-stream\r\n\r\n"
+            )
             for _ in range(20):
                 yield b"\0" * 16 * 1024
             yield b"\r\n--b--\r\n"
 
-        streamed = client.post("/v1/jobs", content=chunks(),
-                               headers={"Content-Type": "multipart/form-data; boundary=b"})
+        streamed = client.post(
+            "/v1/jobs",
+            content=chunks(),
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        )
         assert streamed.status_code == 413 and "65536 bytes" in streamed.json()["detail"]
         assert client.get("/v1/jobs").json()["items"] == []
         presigned = client.post("/v1/uploads", json={"filename": "big.h5"})
@@ -385,7 +409,8 @@ def test_health_metrics_and_models(light_stack: ApiStack, api_tenant: str) -> No
         metrics = client.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
         assert 'mrdiff_http_requests_total{method="GET",route="/v1/models",status="200"}' in (
-            metrics.text)
+            metrics.text
+        )
         assert "mrdiff_http_request_duration_seconds_bucket" in metrics.text
         assert 'mrdiff_jobs{state="queued"}' in metrics.text
 
@@ -397,7 +422,8 @@ HOOK_TOKEN = "hook-token-0123456789abcdef"
 def hook_stack(s3_server: Any, storage: Storage) -> Iterator[ApiStack]:
     """The API over the S3 server with the MinIO webhook enabled."""
     settings: Settings = s3_server.settings.model_copy(
-        update={"minio_webhook_token": SecretStr(HOOK_TOKEN)})
+        update={"minio_webhook_token": SecretStr(HOOK_TOKEN)}
+    )
     yield from make_stack(settings, storage)
 
 
@@ -414,9 +440,17 @@ def test_minio_webhook_needs_its_own_token(
     with hook_stack.client(HOOK_TOKEN) as minio:
         test_event = minio.post("/v1/hooks/minio", json={"EventName": "s3:TestEvent"})
         assert test_event.status_code == 200 and test_event.json() == {"jobs": []}
-        other_bucket = minio.post("/v1/hooks/minio", json={"Records": [{
-            "eventName": "s3:ObjectCreated:Put",
-            "s3": {"bucket": {"name": "someone-elses"}, "object": {"key": "a%2Fb.h5"}}}]})
+        other_bucket = minio.post(
+            "/v1/hooks/minio",
+            json={
+                "Records": [
+                    {
+                        "eventName": "s3:ObjectCreated:Put",
+                        "s3": {"bucket": {"name": "someone-elses"}, "object": {"key": "a%2Fb.h5"}},
+                    }
+                ]
+            },
+        )
         assert other_bucket.status_code == 200 and other_bucket.json() == {"jobs": []}
         malformed = minio.post("/v1/hooks/minio", json={"Records": "not a list"})
         assert malformed.status_code == 422 and malformed.json()["detail"]
@@ -443,8 +477,9 @@ def load_screenshot_script() -> ModuleType:
 
 
 @slow
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="needs Debian chromium (apt-get install -y chromium)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="needs Debian chromium (apt-get install -y chromium)"
+)
 def test_viewer_shows_a_finished_job_in_three_panels(
     api_stack: ApiStack, api_tenant: str, tmp_path: Path
 ) -> None:

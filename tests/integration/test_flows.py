@@ -45,7 +45,7 @@ ZERO_FILLED = {"method": "zero-filled"}
 def phantom(slices: int, size: int = 32, seed: int = 0) -> np.ndarray:
     """Small head-like magnitude images: an ellipse with a few brighter blobs per slice."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
     images = []
     for index in range(slices):
         head = ((x / 0.8) ** 2 + (y / 0.9) ** 2 < 1).astype(np.float32)
@@ -67,8 +67,12 @@ def kspace_h5(path: Path, slices: int = 4, size: int = 32, seed: int = 0) -> Pat
     columns[size // 2 - 3 : size // 2 + 3] = True
     mask = np.broadcast_to(columns, (slices, size, size)).copy()
     volume = KspaceVolume(
-        kspace=(kspace * mask[:, None]).astype(np.complex64), multicoil=False, mask=mask,
-        attrs={"note": "test phantom"}, simulated=True, pixel_spacing_mm=(2.0, 2.0),
+        kspace=(kspace * mask[:, None]).astype(np.complex64),
+        multicoil=False,
+        mask=mask,
+        attrs={"note": "test phantom"},
+        simulated=True,
+        pixel_spacing_mm=(2.0, 2.0),
         source=path.name,
     )
     return write_kspace_h5(path, volume)
@@ -76,8 +80,12 @@ def kspace_h5(path: Path, slices: int = 4, size: int = 32, seed: int = 0) -> Pat
 
 def dicom_series(folder: Path, slices: int = 3, size: int = 32, seed: int = 1) -> list[Path]:
     return write_dicom_series(
-        folder, phantom(slices, size, seed) * 1000.0, (2.0, 2.0), 3.0,
-        series_description="mrdiff test phantom", seed_for_uids=seed,
+        folder,
+        phantom(slices, size, seed) * 1000.0,
+        (2.0, 2.0),
+        3.0,
+        series_description="mrdiff test phantom",
+        seed_for_uids=seed,
     )
 
 
@@ -128,8 +136,9 @@ def warm_pool(flow_settings: Settings) -> Iterator[WorkerPool]:
 
 
 @pytest.fixture(scope="module")
-def served_deployments(flow_settings: Settings, prefect_api_url: str,
-                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def served_deployments(
+    flow_settings: Settings, prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
     """``python -m pipelines.serve`` in its own process, as under ``mrdiff up``: each flow run
     is a subprocess that joins the session's Ray head (``flow_settings``; the Ray token comes
     with the environment, see conftest.py)."""
@@ -138,8 +147,11 @@ def served_deployments(flow_settings: Settings, prefect_api_url: str,
         argv=[sys.executable, "-m", "pipelines.serve"],
         # ingest too: the API tests' runner may have registered process-job already
         ready=lambda: all(map(_deployment_exists, (PROCESS_JOB_DEPLOYMENT, INGEST_DEPLOYMENT))),
-        env={"PREFECT_API_URL": prefect_api_url, "MRDIFF_INGEST_INTERVAL_SECONDS": "3600",
-             "PYTHONPATH": str(REPO)},
+        env={
+            "PREFECT_API_URL": prefect_api_url,
+            "MRDIFF_INGEST_INTERVAL_SECONDS": "3600",
+            "PYTHONPATH": str(REPO),
+        },
         cwd=REPO,
         ready_timeout=600.0,  # imports prefect, torch and ray: minutes on a busy machine
     )
@@ -198,15 +210,21 @@ def test_uploaded_hdf5_and_dicom_series_both_produce_results(
     assert {row["state"] for row in jobs} == {"succeeded"}, rows
     for row in jobs:
         names = {item.name for item in storage.list_results(tenant, row["job_id"])}
-        assert {"reconstruction.h5", "reconstruction.nii.gz", "report.json",
-                "previews/reconstruction-000.png"} <= names
+        assert {
+            "reconstruction.h5",
+            "reconstruction.nii.gz",
+            "report.json",
+            "previews/reconstruction-000.png",
+        } <= names
         report = json.loads(storage.get_result(tenant, row["job_id"], "report.json"))
         assert report["research_use_only"] == "research use only, not for diagnosis"
         assert report["method"] == "zero-filled"
         assert [s["index"] for s in report["per_slice"]] == list(range(report["slices"]))
         assert all(np.isfinite(s["dc_residual"]) for s in report["per_slice"])
-    kinds = {json.loads(storage.get_result(tenant, r["job_id"], "report.json"))["input_format"]
-             for r in jobs}
+    kinds = {
+        json.loads(storage.get_result(tenant, r["job_id"], "report.json"))["input_format"]
+        for r in jobs
+    }
     assert kinds == {"fastmri-hdf5", "dicom-series"}
     dicom_job = next(r for r in jobs if r["kind"] == "dicom")["job_id"]
     storage.download_result(tenant, dicom_job, "reconstruction.h5", tmp_path / "out.h5")
@@ -266,7 +284,10 @@ def test_corrupt_object_is_quarantined_while_the_batch_completes(
 
 
 def test_actor_killed_mid_job_loses_no_slice(
-    storage: Storage, tenant: str, flow_settings: Settings, warm_pool: WorkerPool,
+    storage: Storage,
+    tenant: str,
+    flow_settings: Settings,
+    warm_pool: WorkerPool,
     tmp_path: Path,
 ) -> None:
     """Ray restarts the killed actor and the pool resubmits its slice: all slices, once."""
@@ -336,8 +357,14 @@ def test_flow_runs_task_runs_and_artifacts_are_in_the_prefect_api(
             task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[runs[0].id]))
         )
         names = {task.name.rsplit("-", 1)[0] for task in tasks}
-        assert {"start-job", "fetch-inputs", "load-study", "reconstruct", "write-results",
-                "publish-results"} <= names
+        assert {
+            "start-job",
+            "fetch-inputs",
+            "load-study",
+            "reconstruct",
+            "write-results",
+            "publish-results",
+        } <= names
         keys = [f"job-{job_id.lower()}-{suffix}" for suffix in ("slices", "summary", "viewer")]
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
@@ -349,7 +376,10 @@ def test_flow_runs_task_runs_and_artifacts_are_in_the_prefect_api(
 
 # -- deployment path, webhook, cancellation, anomaly ----------------------------------------------
 def test_submit_job_runs_through_the_served_deployment(
-    storage: Storage, tenant: str, flow_settings: Settings, served_deployments: None,
+    storage: Storage,
+    tenant: str,
+    flow_settings: Settings,
+    served_deployments: None,
     tmp_path: Path,
 ) -> None:
     key = storage.put_raw(tenant, "api/scan.h5", path=kspace_h5(tmp_path / "api.h5", seed=21))
@@ -378,21 +408,33 @@ MINIO_EVENT = {
             "eventTime": "2024-05-01T12:00:00.000Z",
             "eventName": "s3:ObjectCreated:Put",
             "userIdentity": {"principalId": "minioadmin"},
-            "requestParameters": {"principalId": "minioadmin", "region": "",
-                                  "sourceIPAddress": "127.0.0.1"},
-            "responseElements": {"x-amz-id-2": "dd9025bab4ad464b049177c95eb6ebf374d3b3fd1af92511",
-                                 "x-amz-request-id": "17C9C7B6F3E1D2A0",
-                                 "x-minio-deployment-id": "b0f7c2a5-0c6d-4c4b-9d3e-1a2b3c4d5e6f",
-                                 "x-minio-origin-endpoint": "http://127.0.0.1:9000"},
+            "requestParameters": {
+                "principalId": "minioadmin",
+                "region": "",
+                "sourceIPAddress": "127.0.0.1",
+            },
+            "responseElements": {
+                "x-amz-id-2": "dd9025bab4ad464b049177c95eb6ebf374d3b3fd1af92511",
+                "x-amz-request-id": "17C9C7B6F3E1D2A0",
+                "x-minio-deployment-id": "b0f7c2a5-0c6d-4c4b-9d3e-1a2b3c4d5e6f",
+                "x-minio-origin-endpoint": "http://127.0.0.1:9000",
+            },
             "s3": {
                 "s3SchemaVersion": "1.0",
                 "configurationId": "Config",
-                "bucket": {"name": "BUCKET", "ownerIdentity": {"principalId": "minioadmin"},
-                           "arn": "arn:aws:s3:::BUCKET"},
-                "object": {"key": "KEY", "size": 0, "eTag": "ETAG",
-                           "contentType": "application/x-hdf5",
-                           "userMetadata": {"content-type": "application/x-hdf5"},
-                           "sequencer": "17C9C7B6F40A1B2C"},
+                "bucket": {
+                    "name": "BUCKET",
+                    "ownerIdentity": {"principalId": "minioadmin"},
+                    "arn": "arn:aws:s3:::BUCKET",
+                },
+                "object": {
+                    "key": "KEY",
+                    "size": 0,
+                    "eTag": "ETAG",
+                    "contentType": "application/x-hdf5",
+                    "userMetadata": {"content-type": "application/x-hdf5"},
+                    "sequencer": "17C9C7B6F40A1B2C",
+                },
             },
             "source": {"host": "127.0.0.1", "port": "", "userAgent": "MinIO (linux; amd64)"},
         }
@@ -401,7 +443,10 @@ MINIO_EVENT = {
 
 
 def test_minio_webhook_event_starts_a_job(
-    storage: Storage, tenant: str, flow_settings: Settings, served_deployments: None,
+    storage: Storage,
+    tenant: str,
+    flow_settings: Settings,
+    served_deployments: None,
     tmp_path: Path,
 ) -> None:
     from urllib.parse import quote_plus

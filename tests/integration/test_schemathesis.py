@@ -80,6 +80,8 @@ def test_no_server_errors_and_no_schema_violations(
             continue
         checked.append(f"{operation.label} ({mode.value})")
     assert len(checked) >= 20, checked
-    print(f"schemathesis: {sum(statuses.values())} requests over {len(checked)} operations, "
-          f"status codes {dict(sorted(statuses.items()))}")
+    print(
+        f"schemathesis: {sum(statuses.values())} requests over {len(checked)} operations, "
+        f"status codes {dict(sorted(statuses.items()))}"
+    )
     assert statuses[200] and statuses[422], statuses  # both accepted and refused requests ran

@@ -134,8 +134,9 @@ def test_job_lifecycle_and_results_visibility(storage: Storage, tenant: str) -> 
     assert set(listed) == {"reconstruction.h5", "report.json"}
     assert storage.get_result(tenant, job_id, "reconstruction.h5") == b"recon"
 
-    record = json.loads(storage.objects.get_bytes(storage.results_bucket,
-                                                  f"{tenant}/jobs/{job_id}/job.json"))
+    record = json.loads(
+        storage.objects.get_bytes(storage.results_bucket, f"{tenant}/jobs/{job_id}/job.json")
+    )
     assert record["state"] == "succeeded" and record["flow_run_id"] == "flow-1"
     assert record["research_use_only"] == "research use only, not for diagnosis"
     with pytest.raises(InvalidTransitionError):
@@ -181,9 +182,7 @@ def test_publish_never_overwrites_existing_results(storage: Storage, tenant: str
         )
 
 
-def test_stale_writer_gets_a_conflict_not_a_silent_overwrite(
-    storage: Storage, tenant: str
-) -> None:
+def test_stale_writer_gets_a_conflict_not_a_silent_overwrite(storage: Storage, tenant: str) -> None:
     job_id = storage.jobs.create(tenant, input_keys=["k"]).record.job_id
     reader_a = storage.jobs.get(tenant, job_id)
     reader_b = storage.jobs.get(tenant, job_id)
@@ -227,8 +226,9 @@ def test_idempotency_key_returns_the_same_job(storage: Storage, tenant: str) -> 
 def test_same_input_options_and_model_are_processed_once(storage: Storage, tenant: str) -> None:
     raw = storage.put_raw(tenant, "s/vol.h5", b"volume bytes")
     key = storage.processing_key_for(raw, OPTIONS, MODEL)
-    assert key == processing_key(hashlib.sha256(b"volume bytes").hexdigest(), OPTIONS, MODEL,
-                                 tenant)
+    assert key == processing_key(
+        hashlib.sha256(b"volume bytes").hexdigest(), OPTIONS, MODEL, tenant
+    )
     first = storage.jobs.create(tenant, input_keys=[raw], processing_key=key)
     duplicate = storage.jobs.create(tenant, input_keys=[raw], processing_key=key)
     assert not duplicate.created and duplicate.record.job_id == first.record.job_id
@@ -274,10 +274,15 @@ def test_presigned_upload_and_download(storage: Storage, tenant: str) -> None:
 
 
 def test_connection_errors_are_retried_until_the_server_is_up(tmp_path: Path) -> None:
-    settings = load_settings(data_dir=tmp_path, s3_endpoint=f"127.0.0.1:{free_port()}",
-                             s3_access_key="late", s3_secret_key="late-server-secret")
-    storage = Storage.from_settings(settings, RetryPolicy(attempts=40, base_delay=0.05,
-                                                          max_delay=0.2, jitter=False))
+    settings = load_settings(
+        data_dir=tmp_path,
+        s3_endpoint=f"127.0.0.1:{free_port()}",
+        s3_access_key="late",
+        s3_secret_key="late-server-secret",
+    )
+    storage = Storage.from_settings(
+        settings, RetryPolicy(attempts=40, base_delay=0.05, max_delay=0.2, jitter=False)
+    )
     server = InProcessS3Server(settings)
     starter = threading.Timer(0.4, server.start)
     starter.start()

@@ -30,14 +30,17 @@ def succeeded_job(storage: Storage, tenant: str, raw: str, slices: int = 2) -> s
 
 def test_missing_buckets_names_the_ones_that_do_not_exist(storage: Storage) -> None:
     assert storage.missing_buckets() == []
-    elsewhere = Storage(storage.objects, raw_bucket="mrdiff-absent-raw",
-                        results_bucket=storage.results_bucket)
+    elsewhere = Storage(
+        storage.objects, raw_bucket="mrdiff-absent-raw", results_bucket=storage.results_bucket
+    )
     assert elsewhere.missing_buckets() == ["mrdiff-absent-raw"]
 
 
 def test_job_pages_run_newest_first_with_a_cursor(storage: Storage, tenant: str) -> None:
-    ids = [storage.jobs.create(tenant, input_keys=[f"{tenant}/s/{n}.h5"]).record.job_id
-           for n in range(5)]
+    ids = [
+        storage.jobs.create(tenant, input_keys=[f"{tenant}/s/{n}.h5"]).record.job_id
+        for n in range(5)
+    ]
     storage.jobs.cancel(tenant, ids[1])
     first = storage.job_page(tenant, limit=2)
     assert [r.job_id for r in first.records] == sorted(ids, reverse=True)[:2]
@@ -89,7 +92,8 @@ def test_presigned_urls_are_signed_for_the_public_endpoint(
 ) -> None:
     port = s3_server.endpoint.rsplit(":", 1)[1]
     public = s3_server.settings.model_copy(
-        update={"s3_public_endpoint": f"http://localhost:{port}"})
+        update={"s3_public_endpoint": f"http://localhost:{port}"}
+    )
     outside = Storage.from_settings(public)
     key, url = outside.presigned_upload_url(tenant, "big/scan.h5")
     assert urlsplit(url).netloc == f"localhost:{port}"

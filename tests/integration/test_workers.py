@@ -78,8 +78,13 @@ disconnect_ray()
 def test_connect_ray_without_an_address_starts_a_private_loopback_cluster() -> None:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     done = subprocess.run(
-        [sys.executable, "-c", LOCAL_CLUSTER_SCRIPT], cwd=REPO, capture_output=True, text=True,
-        env={**environment, "PYTHONPATH": str(REPO)}, timeout=600, check=False,
+        [sys.executable, "-c", LOCAL_CLUSTER_SCRIPT],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**environment, "PYTHONPATH": str(REPO)},
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     connection = json.loads(done.stdout.strip().splitlines()[-1])
@@ -132,9 +137,7 @@ class TestSharedPool:
         kspace, mask = _volume()
         before = zero_filled_pool.resubmitted
         with pytest.raises(InputError, match="unknown method"):
-            zero_filled_pool.reconstruct(
-                kspace, mask, False, ReconOptions(method="no-such-method")
-            )
+            zero_filled_pool.reconstruct(kspace, mask, False, ReconOptions(method="no-such-method"))
         assert zero_filled_pool.resubmitted == before
         with pytest.raises(InputError, match="mask shape"):
             zero_filled_pool.reconstruct(kspace, mask[:4], False, ZERO_FILLED)
@@ -146,8 +149,15 @@ def test_slices_of_a_killed_actor_go_to_the_other_actor_exactly_once(
     ray_cluster: RayConnection,
 ) -> None:
     kspace, mask = _volume(seed=1)
-    pool = WorkerPool(2, 1, preload_models=False, max_task_retries=0, max_restarts=0,
-                      actor_class=SlowReconActor, start_timeout_seconds=START_TIMEOUT)
+    pool = WorkerPool(
+        2,
+        1,
+        preload_models=False,
+        max_task_retries=0,
+        max_restarts=0,
+        actor_class=SlowReconActor,
+        start_timeout_seconds=START_TIMEOUT,
+    )
     with pool:
         victim = pool.actors[0]
         seen: Counter[int] = Counter()
@@ -167,8 +177,15 @@ def test_slices_of_a_killed_actor_go_to_the_other_actor_exactly_once(
 def test_restarted_actor_gets_the_slices_back_exactly_once(ray_cluster: RayConnection) -> None:
     kspace, mask = _volume(seed=2)
     arrived: Counter[int] = Counter()
-    pool = WorkerPool(1, 1, preload_models=False, max_task_retries=0, max_restarts=1,
-                      actor_class=SlowReconActor, start_timeout_seconds=START_TIMEOUT)
+    pool = WorkerPool(
+        1,
+        1,
+        preload_models=False,
+        max_task_retries=0,
+        max_restarts=1,
+        actor_class=SlowReconActor,
+        start_timeout_seconds=START_TIMEOUT,
+    )
 
     def kill_once(index: int, _: Any) -> None:
         arrived[index] += 1

@@ -17,9 +17,12 @@ VIEWER_ORIGIN = "https://viewer.example.org"
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = load_settings(environment="development", data_dir=tmp_path,
-                             s3_endpoint="127.0.0.1:9",  # never contacted by these tests
-                             cors_origins=VIEWER_ORIGIN)
+    settings = load_settings(
+        environment="development",
+        data_dir=tmp_path,
+        s3_endpoint="127.0.0.1:9",  # never contacted by these tests
+        cors_origins=VIEWER_ORIGIN,
+    )
     with TestClient(create_app(settings, Storage.from_settings(settings))) as test_client:
         yield test_client
 
@@ -41,17 +44,27 @@ def test_openapi_documents_both_bodies_and_one_error_shape(client: TestClient) -
 
 
 def test_cors_allows_only_configured_viewer_origins(client: TestClient) -> None:
-    preflight = client.options("/v1/jobs", headers={
-        "Origin": VIEWER_ORIGIN, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,idempotency-key",
-    })
+    preflight = client.options(
+        "/v1/jobs",
+        headers={
+            "Origin": VIEWER_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,idempotency-key",
+        },
+    )
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == VIEWER_ORIGIN
-    other = client.options("/v1/jobs", headers={
-        "Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"})
+    other = client.options(
+        "/v1/jobs",
+        headers={"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"},
+    )
     assert "access-control-allow-origin" not in other.headers
-    assert client.get("/healthz", headers={"Origin": VIEWER_ORIGIN}).headers[
-        "access-control-allow-origin"] == VIEWER_ORIGIN
+    assert (
+        client.get("/healthz", headers={"Origin": VIEWER_ORIGIN}).headers[
+            "access-control-allow-origin"
+        ]
+        == VIEWER_ORIGIN
+    )
 
 
 def test_viewer_page_and_assets_are_served_with_a_strict_policy(client: TestClient) -> None:
@@ -59,8 +72,15 @@ def test_viewer_page_and_assets_are_served_with_a_strict_policy(client: TestClie
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     policy = page.headers["content-security-policy"]
     assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
-    for marker in ('id="panel-reconstruction"', 'id="panel-uncertainty"', 'id="panel-anomaly"',
-                   'id="slice"', 'id="window"', 'id="level"', "Research use only"):
+    for marker in (
+        'id="panel-reconstruction"',
+        'id="panel-uncertainty"',
+        'id="panel-anomaly"',
+        'id="slice"',
+        'id="window"',
+        'id="level"',
+        "Research use only",
+    ):
         assert marker in page.text
     script = client.get("/static/viewer.js")
     assert script.status_code == 200 and "sessionStorage" in script.text
@@ -71,8 +91,13 @@ def test_viewer_page_and_assets_are_served_with_a_strict_policy(client: TestClie
 
 
 def test_requests_without_a_key_are_401_before_touching_storage(client: TestClient) -> None:
-    for method, path in (("GET", "/v1/jobs"), ("GET", "/v1/models"), ("POST", "/v1/uploads"),
-                         ("DELETE", "/v1/jobs/x"), ("GET", "/v1/jobs/x/results")):
+    for method, path in (
+        ("GET", "/v1/jobs"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/uploads"),
+        ("DELETE", "/v1/jobs/x"),
+        ("GET", "/v1/jobs/x/results"),
+    ):
         answer = client.request(method, path)
         assert answer.status_code == 401, (method, path, answer.text)
         assert answer.json()["detail"].startswith("missing API key")

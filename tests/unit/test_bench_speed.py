@@ -24,7 +24,10 @@ def test_every_slice_of_every_case_is_timed(tiny_prior: LoadedPrior) -> None:
     cases = [SpeedCase("96 single-coil", 96, 2.7, 1), SpeedCase("96 2-coil", 96, 2.7, 2)]
     timed: list[None] = []
     rows = bench_speed(
-        engine, cases, slices=2, options=ReconOptions(samples=2, steps=2, refine_steps=1),
+        engine,
+        cases,
+        slices=2,
+        options=ReconOptions(samples=2, steps=2, refine_steps=1),
         on_slice=lambda: timed.append(None),
     )
     assert [row.case for row in rows] == cases

@@ -16,8 +16,19 @@ def linear_source() -> SourceVolume:
     x, y, z = (affine[:3, :3] @ np.stack([i, j, k]).reshape(3, -1)).reshape(3, 21, 31, 11)
     x, y, z = x + affine[0, 3], y + affine[1, 3], z + affine[2, 3]
     data = np.stack([x, 2 * y + z], axis=-1).astype(np.float32)
-    return SourceVolume("linear", "test:linear", "intensity", ("x", "mix"), data, affine, 2.0,
-                        False, False, "test", "test")
+    return SourceVolume(
+        "linear",
+        "test:linear",
+        "intensity",
+        ("x", "mix"),
+        data,
+        affine,
+        2.0,
+        False,
+        False,
+        "test",
+        "test",
+    )
 
 
 def test_trilinear_is_exact_for_linear_fields() -> None:

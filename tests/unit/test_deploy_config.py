@@ -67,13 +67,16 @@ def service_env(name: str, env: dict[str, str]) -> dict[str, str]:
 
 def real_secrets(env: dict[str, str]) -> dict[str, str]:
     """env.example with every placeholder replaced, as an operator would."""
-    return {key: secrets.token_urlsafe(24) if value.startswith(PLACEHOLDER_PREFIX) else value
-            for key, value in env.items()}
+    return {
+        key: secrets.token_urlsafe(24) if value.startswith(PLACEHOLDER_PREFIX) else value
+        for key, value in env.items()
+    }
 
 
 def settings_fields(variables: dict[str, Any]) -> set[str]:
-    return {name.removeprefix("MRDIFF_").lower() for name in variables
-            if name.startswith("MRDIFF_")}
+    return {
+        name.removeprefix("MRDIFF_").lower() for name in variables if name.startswith("MRDIFF_")
+    }
 
 
 def published(service: dict[str, Any]) -> dict[int, str]:
@@ -168,8 +171,10 @@ def test_compose_keeps_the_api_keys_and_caches_on_volumes() -> None:
     for name in ("api", "prefect-worker"):
         service = document["services"][name]
         data_dir = service_env(name, real_secrets(env_example()))["MRDIFF_DATA_DIR"]
-        mounts = {str(volume).split(":")[1]: str(volume).split(":")[0]
-                  for volume in service.get("volumes", [])}
+        mounts = {
+            str(volume).split(":")[1]: str(volume).split(":")[0]
+            for volume in service.get("volumes", [])
+        }
         assert mounts.get(data_dir) in document["volumes"], (name, mounts)
 
 
@@ -178,9 +183,19 @@ def test_compose_file_validates_with_docker_compose(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in real_secrets(env_example()).items()))
     done = subprocess.run(
-        ["docker-compose", "--env-file", str(env_file), "-f", str(REPO / "docker-compose.yml"),
-         "config", "-q"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            "docker-compose",
+            "--env-file",
+            str(env_file),
+            "-f",
+            str(REPO / "docker-compose.yml"),
+            "config",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
 
@@ -248,8 +263,10 @@ def test_kuberay_settings_are_settings_fields_and_every_reference_resolves() -> 
 
 def test_kuberay_settings_load_once_the_secrets_are_real(monkeypatch: pytest.MonkeyPatch) -> None:
     documents = kuberay_documents()
-    values = {**documents["ConfigMap/mrdiff-settings"]["data"],
-              **documents["Secret/mrdiff-secrets"]["stringData"]}
+    values = {
+        **documents["ConfigMap/mrdiff-settings"]["data"],
+        **documents["Secret/mrdiff-secrets"]["stringData"],
+    }
     for key, value in real_secrets(values).items():
         monkeypatch.setenv(key, str(value))
     assert load_settings().environment == "production"

@@ -24,8 +24,9 @@ def stream(order: list[int], closed: list[bool]) -> Iterator[tuple[int, Result]]
 
 def test_results_come_back_in_slice_order_with_progress() -> None:
     calls: list[tuple[int, int]] = []
-    progress = SliceProgress(lambda done, total: calls.append((done, total)) is None, 4,
-                             min_interval=0.0)
+    progress = SliceProgress(
+        lambda done, total: calls.append((done, total)) is None, 4, min_interval=0.0
+    )
     run = collect(stream([2, 0, 3, 1], []), 4, progress)
     assert [r.seconds for r in run.results] == [0.5] * 4
     assert run.compute_seconds == 2.0
@@ -41,8 +42,9 @@ def test_progress_is_throttled_but_the_last_slice_always_reported() -> None:
 
 def test_offset_progress_for_a_second_pass() -> None:
     calls: list[tuple[int, int]] = []
-    progress = SliceProgress(lambda d, t: calls.append((d, t)) is None, 2, offset=2,
-                             overall_total=4, min_interval=0.0)
+    progress = SliceProgress(
+        lambda d, t: calls.append((d, t)) is None, 2, offset=2, overall_total=4, min_interval=0.0
+    )
     collect(stream([0, 1], []), 2, progress)
     assert calls == [(3, 4), (4, 4)]
 

@@ -33,8 +33,12 @@ def test_payload_without_records_is_empty() -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [[], {"Records": "nope"}, {"Records": [{"eventName": "s3:ObjectCreated:Put"}]},
-     {"Records": [{"s3": {}}]}],
+    [
+        [],
+        {"Records": "nope"},
+        {"Records": [{"eventName": "s3:ObjectCreated:Put"}]},
+        {"Records": [{"s3": {}}]},
+    ],
 )
 def test_malformed_payload_is_an_input_error(payload: object) -> None:
     with pytest.raises(InputError):

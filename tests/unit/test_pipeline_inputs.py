@@ -15,18 +15,31 @@ NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 def raw(key: str, age_seconds: float = 60.0) -> RawObject:
     parsed = parse_raw_key(key)
-    return RawObject(key, parsed.tenant, parsed.study, parsed.name, 10, "etag-" + key,
-                     NOW - timedelta(seconds=age_seconds))
+    return RawObject(
+        key,
+        parsed.tenant,
+        parsed.study,
+        parsed.name,
+        10,
+        "etag-" + key,
+        NOW - timedelta(seconds=age_seconds),
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "kind"),
     [
-        ("scan.h5", InputKind.HDF5), ("raw.MRD", InputKind.HDF5), ("x.hdf5", InputKind.HDF5),
-        ("t1.nii.gz", InputKind.NIFTI), ("t1.nii", InputKind.NIFTI),
-        ("IM0001.dcm", InputKind.DICOM), ("series/IM0001", InputKind.DICOM),
-        ("a.IMA", InputKind.DICOM), ("job.json", InputKind.OPTIONS),
-        ("notes.txt", InputKind.UNSUPPORTED), ("other.json", InputKind.UNSUPPORTED),
+        ("scan.h5", InputKind.HDF5),
+        ("raw.MRD", InputKind.HDF5),
+        ("x.hdf5", InputKind.HDF5),
+        ("t1.nii.gz", InputKind.NIFTI),
+        ("t1.nii", InputKind.NIFTI),
+        ("IM0001.dcm", InputKind.DICOM),
+        ("series/IM0001", InputKind.DICOM),
+        ("a.IMA", InputKind.DICOM),
+        ("job.json", InputKind.OPTIONS),
+        ("notes.txt", InputKind.UNSUPPORTED),
+        ("other.json", InputKind.UNSUPPORTED),
     ],
 )
 def test_kind_from_name(name: str, kind: InputKind) -> None:
@@ -35,10 +48,14 @@ def test_kind_from_name(name: str, kind: InputKind) -> None:
 
 def test_units_per_folder_with_options_and_quiet_period() -> None:
     objects = [
-        raw("acme/s1/knee.h5"), raw("acme/s1/job.json"),
-        raw("acme/s2/IM1.dcm"), raw("acme/s2/IM2.dcm"), raw("acme/s2/sub/IM3"),
+        raw("acme/s1/knee.h5"),
+        raw("acme/s1/job.json"),
+        raw("acme/s2/IM1.dcm"),
+        raw("acme/s2/IM2.dcm"),
+        raw("acme/s2/sub/IM3"),
         raw("acme/s3/IM1.dcm", age_seconds=2.0),  # still arriving
-        raw("acme/s4/readme.txt"), raw("bare.h5"),
+        raw("acme/s4/readme.txt"),
+        raw("bare.h5"),
         raw("acme/uploads/0123456789abcdef0123/scan.h5"),  # the API's own, already submitted
         raw("acme/uploads/s7/large.h5"),  # a presigned upload, submitted through POST /v1/jobs
         raw("acme/_quarantine/q1/object/s4/readme.txt"),  # mrdiff's own

@@ -19,7 +19,8 @@ A, B = "a" * 64, "b" * 64
 def test_combined_hash_ignores_names_and_order() -> None:
     assert combined_content_sha256({"x.h5": A}) == A
     assert combined_content_sha256({"1.dcm": A, "2.dcm": B}) == combined_content_sha256(
-        {"z.dcm": B, "y.dcm": A})
+        {"z.dcm": B, "y.dcm": A}
+    )
     assert combined_content_sha256({"1": A, "2": B}) != combined_content_sha256({"1": A, "2": A})
     with pytest.raises(InputError):
         combined_content_sha256({})
@@ -46,7 +47,8 @@ def test_baselines_need_no_model_and_missing_prior_is_named(tmp_path: Path) -> N
     weights = tmp_path / "mine.pt"
     weights.write_bytes(b"w")
     assert models.require_models(JobOptions(method="diffusion"), weights) == {
-        "prior": hashlib.sha256(b"w").hexdigest()}
+        "prior": hashlib.sha256(b"w").hexdigest()
+    }
 
 
 def test_anomaly_without_classifier_weights_fails_clearly(

@@ -26,9 +26,16 @@ def test_defaults_match_the_engine_defaults() -> None:
     options = JobOptions()
     engine, retro = ReconOptions(), RetrospectiveOptions()
     assert (options.samples, options.steps, options.refine_steps, options.seed) == (
-        engine.samples, engine.steps, engine.refine_steps, engine.seed)
+        engine.samples,
+        engine.steps,
+        engine.refine_steps,
+        engine.seed,
+    )
     assert (options.accel, options.center_fraction, options.snr) == (
-        retro.accel, retro.center_fraction, retro.snr)
+        retro.accel,
+        retro.center_fraction,
+        retro.snr,
+    )
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,13 @@ def kspace_volume() -> KspaceVolume:
     mask = np.zeros((SLICES, SIZE, SIZE), dtype=bool)
     mask[:, :, ::2] = True
     return KspaceVolume(
-        kspace=np.ones((SLICES, 1, SIZE, SIZE), dtype=np.complex64), multicoil=False, mask=mask,
-        attrs={"simulated_kspace": True, "acceleration": 2.0}, simulated=True,
-        pixel_spacing_mm=(2.0, 2.0), source="x.h5",
+        kspace=np.ones((SLICES, 1, SIZE, SIZE), dtype=np.complex64),
+        multicoil=False,
+        mask=mask,
+        attrs={"simulated_kspace": True, "acceleration": 2.0},
+        simulated=True,
+        pixel_spacing_mm=(2.0, 2.0),
+        source="x.h5",
     )
 
 
@@ -36,19 +40,32 @@ def slice_results(with_variance: bool) -> list[SliceResult]:
         SliceResult(
             reconstruction=rng.random((SIZE, SIZE), dtype=np.float32),
             variance=rng.random((SIZE, SIZE), dtype=np.float32) if with_variance else None,
-            dc_residual=0.01 * (index + 1), seconds=0.25, warnings=(),
+            dc_residual=0.01 * (index + 1),
+            seconds=0.25,
+            warnings=(),
         )
         for index in range(SLICES)
     ]
 
 
-def outputs(study: Study, options: JobOptions, recon: list[SliceResult] | None,
-            anomaly: list[AnomalyResult] | None = None) -> JobOutputs:
+def outputs(
+    study: Study,
+    options: JobOptions,
+    recon: list[SliceResult] | None,
+    anomaly: list[AnomalyResult] | None = None,
+) -> JobOutputs:
     return JobOutputs(
-        job_id="job-1", tenant="acme", options=options, study=study, input_keys=["acme/s/x.h5"],
-        content_sha256={"acme/s/x.h5": "a" * 64}, models={"mrdiff-prior-test": "b" * 64},
-        reconstruction=recon, anomaly=anomaly,
-        timings={"compute_seconds": 0.75, "pipeline_seconds": 1.0}, flow_run_id="run-1",
+        job_id="job-1",
+        tenant="acme",
+        options=options,
+        study=study,
+        input_keys=["acme/s/x.h5"],
+        content_sha256={"acme/s/x.h5": "a" * 64},
+        models={"mrdiff-prior-test": "b" * 64},
+        reconstruction=recon,
+        anomaly=anomaly,
+        timings={"compute_seconds": 0.75, "pipeline_seconds": 1.0},
+        flow_run_id="run-1",
     )
 
 
@@ -57,8 +74,14 @@ def test_diffusion_outputs_follow_the_design_layout(tmp_path: Path) -> None:
     options = JobOptions(method="diffusion", seed=5, samples=4)
     names = write_outputs(outputs(study, options, slice_results(True)), tmp_path)
 
-    assert {"reconstruction.h5", "reconstruction.nii.gz", "variance.nii.gz", "report.json",
-            "previews/reconstruction-002.png", "previews/uncertainty-000.png"} <= set(names)
+    assert {
+        "reconstruction.h5",
+        "reconstruction.nii.gz",
+        "variance.nii.gz",
+        "report.json",
+        "previews/reconstruction-002.png",
+        "previews/uncertainty-000.png",
+    } <= set(names)
     assert all((tmp_path / name).is_file() for name in names)
     datasets, attrs = read_reconstruction_h5(tmp_path / "reconstruction.h5")
     assert datasets["reconstruction"].shape == datasets["variance"].shape == (SLICES, SIZE, SIZE)
@@ -81,8 +104,9 @@ def test_diffusion_outputs_follow_the_design_layout(tmp_path: Path) -> None:
 
 def test_baselines_store_no_variance(tmp_path: Path) -> None:
     study = Study(StudyKind.FASTMRI, kspace_volume(), None, anomaly=False)
-    names = write_outputs(outputs(study, JobOptions(method="zero-filled"), slice_results(False)),
-                          tmp_path)
+    names = write_outputs(
+        outputs(study, JobOptions(method="zero-filled"), slice_results(False)), tmp_path
+    )
     datasets, attrs = read_reconstruction_h5(tmp_path / "reconstruction.h5")
     assert "variance" not in datasets and "variance.nii.gz" not in names
     assert "model" not in attrs and attrs["method"] == "zero-filled"
@@ -91,12 +115,20 @@ def test_baselines_store_no_variance(tmp_path: Path) -> None:
 def test_anomaly_maps_of_images_go_to_their_own_file(tmp_path: Path) -> None:
     import h5py
 
-    images = ImageVolume(images=np.ones((SLICES, SIZE, SIZE), dtype=np.float32),
-                         pixel_spacing_mm=(1.0, 1.0), slice_thickness_mm=3.0, source="s")
+    images = ImageVolume(
+        images=np.ones((SLICES, SIZE, SIZE), dtype=np.float32),
+        pixel_spacing_mm=(1.0, 1.0),
+        slice_thickness_mm=3.0,
+        source="s",
+    )
     study = Study(StudyKind.DICOM, None, images, anomaly=True)
     anomaly = [
-        AnomalyResult(np.full((SIZE, SIZE), 0.1 * i, np.float32),
-                      np.zeros((SIZE, SIZE), np.float32), np.eye(SIZE, dtype=bool), 0.5)
+        AnomalyResult(
+            np.full((SIZE, SIZE), 0.1 * i, np.float32),
+            np.zeros((SIZE, SIZE), np.float32),
+            np.eye(SIZE, dtype=bool),
+            0.5,
+        )
         for i in range(SLICES)
     ]
     options = JobOptions(reconstruct=False, anomaly=True)

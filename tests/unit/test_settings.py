@@ -86,15 +86,30 @@ def test_url_endpoint_sets_secure() -> None:
         ({"cors_origins": "https://ok.org/path"}, "MRDIFF_CORS_ORIGINS"),
         ({"s3_public_endpoint": "https://s3.example.org/bucket"}, "MRDIFF_S3_PUBLIC_ENDPOINT"),
         ({"s3_public_endpoint": "ftp://s3.example.org"}, "MRDIFF_S3_PUBLIC_ENDPOINT"),
-        ({**STRONG, "environment": "production", "cors_origins": "*"},
-         "MRDIFF_CORS_ORIGINS: '\\*' is for development only"),
-        ({**STRONG, "environment": "production", "minio_webhook_token": "short"},
-         "MRDIFF_MINIO_WEBHOOK_TOKEN must be at least 16 characters"),
-        ({**STRONG, "environment": "production",
-          "minio_webhook_token": "REPLACE-ME-long-random-token"},
-         "MRDIFF_MINIO_WEBHOOK_TOKEN is still the placeholder"),
-        ({"environment": "production", "api_pepper": "REPLACE-ME-long-random-pepper",
-          "s3_secret_key": STRONG["s3_secret_key"]}, "MRDIFF_API_PEPPER is still the placeholder"),
+        (
+            {**STRONG, "environment": "production", "cors_origins": "*"},
+            "MRDIFF_CORS_ORIGINS: '\\*' is for development only",
+        ),
+        (
+            {**STRONG, "environment": "production", "minio_webhook_token": "short"},
+            "MRDIFF_MINIO_WEBHOOK_TOKEN must be at least 16 characters",
+        ),
+        (
+            {
+                **STRONG,
+                "environment": "production",
+                "minio_webhook_token": "REPLACE-ME-long-random-token",
+            },
+            "MRDIFF_MINIO_WEBHOOK_TOKEN is still the placeholder",
+        ),
+        (
+            {
+                "environment": "production",
+                "api_pepper": "REPLACE-ME-long-random-pepper",
+                "s3_secret_key": STRONG["s3_secret_key"],
+            },
+            "MRDIFF_API_PEPPER is still the placeholder",
+        ),
     ],
 )
 def test_bad_settings_raise_one_line_input_errors(overrides: dict, message: str) -> None:

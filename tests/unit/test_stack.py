@@ -76,13 +76,15 @@ def test_stop_sends_a_second_sigterm_to_a_process_that_ignores_the_first(tmp_pat
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_recorded_process(tmp_path: Path) -> None:
-    spec = ProcessSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(30)"],
-                       ready=lambda: True)
+    spec = ProcessSpec(
+        "sleeper", [sys.executable, "-c", "import time; time.sleep(30)"], ready=lambda: True
+    )
     running, popen = start_process(spec, tmp_path)
     try:
         assert is_alive(running)
-        other = RunningProcess(running.name, running.pid, (running.start_ticks or 0) + 1,
-                               running.argv, running.log, {})
+        other = RunningProcess(
+            running.name, running.pid, (running.start_ticks or 0) + 1, running.argv, running.log, {}
+        )
         assert not is_alive(other)
     finally:
         popen.send_signal(signal.SIGKILL)
@@ -97,7 +99,9 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert [p.name for p in started] == ["web0", "web1"]
         assert stack.is_up()
         assert [(row.name, row.running, row.ready) for row in stack.status()] == [
-            ("web0", True, True), ("web1", True, True)]
+            ("web0", True, True),
+            ("web1", True, True),
+        ]
         again = stack.up(echo=lambda line: None)
         assert [p.pid for p in again] == [p.pid for p in started]  # nothing started twice
     finally:
@@ -110,8 +114,12 @@ def test_up_status_down(tmp_path: Path) -> None:
 
 def test_a_failing_process_rolls_back_what_this_up_started(tmp_path: Path) -> None:
     port = free_port()
-    broken = ProcessSpec("broken", [sys.executable, "-c", "raise SystemExit('no config')"],
-                         ready=lambda: False, ready_timeout=20.0)
+    broken = ProcessSpec(
+        "broken",
+        [sys.executable, "-c", "raise SystemExit('no config')"],
+        ready=lambda: False,
+        ready_timeout=20.0,
+    )
     stack = Stack(plan(tmp_path), [lambda p: web_server("web", port), lambda p: broken])
     with pytest.raises(StackError, match="broken exited with code 1"):
         stack.up(echo=lambda line: None)
@@ -150,8 +158,12 @@ def test_the_demo_stops_waiting_when_a_stack_process_dies(tmp_path: Path) -> Non
         os.kill(running.pid, signal.SIGKILL)
         with pytest.raises(StackError, match=r"stack broke .* web \(pid"):
             wait_for_jobs(
-                cast(Storage, no_jobs_yet), {"study": "key"}, timeout=600.0,
-                on_update=lambda jobs: None, stack_failure=stack.failure, poll_seconds=0.1,
+                cast(Storage, no_jobs_yet),
+                {"study": "key"},
+                timeout=600.0,
+                on_update=lambda jobs: None,
+                stack_failure=stack.failure,
+                poll_seconds=0.1,
             )
     finally:
         stack.down(echo=lambda line: None)
@@ -173,9 +185,12 @@ def test_default_components_stay_on_loopback(tmp_path: Path) -> None:
 
 
 def test_external_services_are_not_started(tmp_path: Path) -> None:
-    settings = load_settings(data_dir=tmp_path, s3_endpoint="minio.example.org:9000",
-                             prefect_api_url="http://prefect.example.org:4200/api",
-                             ray_address="ray.example.org:6379")
+    settings = load_settings(
+        data_dir=tmp_path,
+        s3_endpoint="minio.example.org:9000",
+        prefect_api_url="http://prefect.example.org:4200/api",
+        ray_address="ray.example.org:6379",
+    )
     stack_plan = StackPlan.from_settings(settings)
     names = [spec.name for spec in (c(stack_plan) for c in COMPONENTS) if spec]
     assert "s3" not in names and "prefect" not in names and "ray" not in names
@@ -196,13 +211,19 @@ time.sleep(60)
 def test_a_start_that_fails_is_tried_again_and_ready_comes_from_the_new_log(
     tmp_path: Path,
 ) -> None:
-    spec = ProcessSpec("racy", [sys.executable, "-c", RACY, str(tmp_path / "marker")],
-                       ready=log_says(tmp_path / "racy.log", "Ray runtime started."),
-                       ready_timeout=30.0, stop_timeout=5.0, start_attempts=2)
+    spec = ProcessSpec(
+        "racy",
+        [sys.executable, "-c", RACY, str(tmp_path / "marker")],
+        ready=log_says(tmp_path / "racy.log", "Ray runtime started."),
+        ready_timeout=30.0,
+        stop_timeout=5.0,
+        start_attempts=2,
+    )
     retried: list[Exception] = []
     started: list[int] = []
-    running, _ = start_until_ready(spec, tmp_path, on_start=lambda r, _: started.append(r.pid),
-                                   on_retry=retried.append)
+    running, _ = start_until_ready(
+        spec, tmp_path, on_start=lambda r, _: started.append(r.pid), on_retry=retried.append
+    )
     try:
         assert [str(error).split(";")[0] for error in retried] == ["racy exited with code 3"]
         assert len(started) == 2 and started[-1] == running.pid and is_alive(running)
@@ -214,11 +235,18 @@ def test_a_start_that_fails_is_tried_again_and_ready_comes_from_the_new_log(
 
 
 def test_the_ray_head_chooses_every_port_and_waits_for_its_node(tmp_path: Path) -> None:
-    spec = ray_head_spec(free_port(), cpus=2, temp_dir=tmp_path / "ray", log_dir=tmp_path,
-                         lean=True)
+    spec = ray_head_spec(
+        free_port(), cpus=2, temp_dir=tmp_path / "ray", log_dir=tmp_path, lean=True
+    )
     argv = list(spec.argv)
-    flags = ("--node-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-             "--metrics-export-port", "--runtime-env-agent-port", "--ray-client-server-port")
+    flags = (
+        "--node-manager-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--metrics-export-port",
+        "--runtime-env-agent-port",
+        "--ray-client-server-port",
+    )
     ports = [int(argv[argv.index(flag) + 1]) for flag in flags]
     assert len(set(ports)) == len(ports) and not {52365, 10001} & set(ports)
     assert "--no-monitor" in argv and argv[argv.index("--include-dashboard") + 1] == "false"

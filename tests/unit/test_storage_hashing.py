@@ -43,8 +43,12 @@ def test_processing_key_is_stable_and_sensitive_to_every_part() -> None:
     assert base == processing_key(CONTENT, {"samples": 8.0, "method": "diffusion"}, MODEL, "acme")
     assert len(base) == 64
     variants = {
-        processing_key(hashlib.sha256(b"other").hexdigest(), {"method": "diffusion", "samples": 8},
-                       MODEL, "acme"),
+        processing_key(
+            hashlib.sha256(b"other").hexdigest(),
+            {"method": "diffusion", "samples": 8},
+            MODEL,
+            "acme",
+        ),
         processing_key(CONTENT, {"method": "diffusion", "samples": 4}, MODEL, "acme"),
         processing_key(CONTENT, {"method": "diffusion", "samples": 8}, "cd" * 32, "acme"),
         processing_key(CONTENT, {"method": "diffusion", "samples": 8}, MODEL, "other"),
@@ -58,8 +62,9 @@ def test_processing_key_takes_dataclass_options_and_model_maps() -> None:
         CONTENT, {"method": "diffusion", "samples": 8, "lam": None}, {"prior": MODEL}, "acme"
     )
     assert from_dataclass == from_mapping
-    assert from_dataclass != processing_key(CONTENT, Options(), {"prior": MODEL, "c": MODEL},
-                                            "acme")
+    assert from_dataclass != processing_key(
+        CONTENT, Options(), {"prior": MODEL, "c": MODEL}, "acme"
+    )
 
 
 @pytest.mark.parametrize(

@@ -75,8 +75,10 @@ def test_results_layout() -> None:
     assert keys.staging_prefix("acme", "j1", "a7") == "acme/_staging/j1/a7/"
     digest = "0" * 64
     assert keys.processing_index_key("acme", digest) == f"acme/index/{digest}.json"
-    assert re.fullmatch(r"acme/idempotency/[0-9a-f]{64}\.json",
-                        keys.idempotency_index_key("acme", "client key / with spaces"))
+    assert re.fullmatch(
+        r"acme/idempotency/[0-9a-f]{64}\.json",
+        keys.idempotency_index_key("acme", "client key / with spaces"),
+    )
     assert keys.lock_prefix("acme/jobs/j1/job.json").startswith("acme/_locks/")
 
 

@@ -128,8 +128,10 @@ class _ReplacingClient:
     """Answers like nanio while an object is replaced: the new ETag with a cut body, once."""
 
     def __init__(self, old: bytes, new: bytes) -> None:
-        self.answers = [_Response(new[: len(old)], hashlib.md5(new).hexdigest()),
-                        _Response(new, hashlib.md5(new).hexdigest())]
+        self.answers = [
+            _Response(new[: len(old)], hashlib.md5(new).hexdigest()),
+            _Response(new, hashlib.md5(new).hexdigest()),
+        ]
 
     def get_object(self, bucket: str, key: str) -> _Response:
         return self.answers.pop(0)

@@ -30,8 +30,12 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="Job id")]
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=256,
-           description="Retrying with the same key returns the same job."),
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=256,
+        description="Retrying with the same key returns the same job.",
+    ),
 ]
 
 JOB_CREATE_BODY: dict[str, Any] = {
@@ -44,7 +48,8 @@ JOB_CREATE_BODY: dict[str, Any] = {
                     "required": ["file"],
                     "properties": {
                         "file": {
-                            "type": "string", "format": "binary",
+                            "type": "string",
+                            "format": "binary",
                             "description": "fastMRI HDF5, ISMRMRD HDF5, a DICOM file, a zip of "
                             "a DICOM series, or NIfTI.",
                         },
@@ -80,8 +85,10 @@ def parse_options(text: str | None) -> JobOptions:
     response_model=JobPublic,
     summary="Submit a study: upload a file (multipart) or name raw keys (JSON)",
     responses={
-        202: {"description": "Accepted; the Location header points at the job",
-              "headers": {"Location": {"schema": {"type": "string"}}}},
+        202: {
+            "description": "Accepted; the Location header points at the job",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        },
         **responses(400, 401, 413, 415, 422, 503),
     },
     openapi_extra=JOB_CREATE_BODY,
@@ -100,7 +107,8 @@ async def create_job(
         record = await _submit_multipart(request, services, tenant, idempotency_key)
     else:
         raise HTTPException(
-            415, f"unsupported content type {content_type or 'none'!r}; send multipart/form-data "
+            415,
+            f"unsupported content type {content_type or 'none'!r}; send multipart/form-data "
             "with a 'file' field, or application/json naming raw keys",
         )
     response.headers["Location"] = f"/v1/jobs/{record.job_id}"
@@ -115,8 +123,13 @@ async def _submit_json(
     except ValidationError as error:
         raise HTTPException(422, describe_validation_error(list(error.errors()))) from None
     return await services.submissions.run(
-        submit_raw_keys, services.settings, services.storage, tenant, body.input_keys,
-        body.options, idempotency_key,
+        submit_raw_keys,
+        services.settings,
+        services.storage,
+        tenant,
+        body.input_keys,
+        body.options,
+        idempotency_key,
     )
 
 
@@ -136,20 +149,31 @@ async def _submit_multipart(
         options = parse_options(options_field)
         check_part_content_type(upload.content_type)
         return await services.submissions.run(
-            submit_upload, services.settings, services.storage, tenant,
-            upload.file, upload.filename, options, idempotency_key,
+            submit_upload,
+            services.settings,
+            services.storage,
+            tenant,
+            upload.file,
+            upload.filename,
+            options,
+            idempotency_key,
         )
 
 
-@router.get("", response_model=JobListPublic, responses=responses(401, 422),
-            summary="Your jobs, newest first, optionally filtered by state")
+@router.get(
+    "",
+    response_model=JobListPublic,
+    responses=responses(401, 422),
+    summary="Your jobs, newest first, optionally filtered by state",
+)
 async def list_jobs(
     storage: StorageDep,
     tenant: TenantDep,
     state: Annotated[JobStateName | None, Query(description="Only jobs in this state")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(pattern=JOB_ID_PATTERN,
-                                        description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=JOB_ID_PATTERN, description="next_cursor of the previous page")
+    ] = None,
 ) -> JobListPublic:
     states = None if state is None else [JobState(state)]
     page = await run_in_threadpool(
@@ -158,8 +182,12 @@ async def list_jobs(
     return JobListPublic(items=[job_public(r) for r in page.records], next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=responses(401, 404, 422),
-            summary="State, progress per slice, timings and error of one job")
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses=responses(401, 404, 422),
+    summary="State, progress per slice, timings and error of one job",
+)
 async def get_job(job_id: JobId, storage: StorageDep, tenant: TenantDep) -> JobPublic:
     return job_public(await run_in_threadpool(find_job, storage, tenant, job_id))
 
@@ -185,7 +213,8 @@ async def delete_job(
             record = cancel_job(storage, tenant, job_id)
         elif record.state is JobState.SUCCEEDED and not purge:
             raise HTTPException(
-                409, f"job {job_id} already succeeded; nothing to cancel (pass purge=true to "
+                409,
+                f"job {job_id} already succeeded; nothing to cancel (pass purge=true to "
                 "remove its results)",
             )
         if purge:
@@ -194,4 +223,3 @@ async def delete_job(
         return record
 
     return job_public(await run_in_threadpool(cancel_and_purge))
-

@@ -12,8 +12,12 @@ from services.api.schemas import ModelListPublic, ModelPublic
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("", response_model=ModelListPublic, responses=responses(401),
-            summary="Models the workers load, with sha256 versions")
+@router.get(
+    "",
+    response_model=ModelListPublic,
+    responses=responses(401),
+    summary="Models the workers load, with sha256 versions",
+)
 async def list_models(services: ServicesDep, _: TenantDep) -> ModelListPublic:
     models = await run_in_threadpool(services.models.models)
     return ModelListPublic(

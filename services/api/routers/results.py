@@ -45,18 +45,22 @@ DESCRIPTIONS = {
     "anomaly_mask": "Thresholded anomaly map",
 }
 IMMUTABLE = {"Cache-Control": "private, max-age=3600", "X-Research-Use-Only": RESEARCH_USE_ONLY}
-ResultName = Annotated[str, PathParam(
-    pattern=r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}){0,7}$",
-    description="A name from the job's result list",
-)]
+ResultName = Annotated[
+    str,
+    PathParam(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}){0,7}$",
+        description="A name from the job's result list",
+    ),
+]
 
 
 def succeeded_job(services: ServicesDep, tenant: str, job_id: str) -> JobRecord:
     """The tenant's job if it succeeded; 404 if unknown, 409 while it has no results."""
     record = find_job(services.storage, tenant, job_id)
     if record.state is not JobState.SUCCEEDED:
-        raise HTTPException(409, f"job {job_id} is {record.state.value}; results appear when it "
-                            "succeeds")
+        raise HTTPException(
+            409, f"job {job_id} is {record.state.value}; results appear when it succeeds"
+        )
     return record
 
 
@@ -73,8 +77,12 @@ def split_derived(name: str) -> tuple[str, str] | None:
     return None
 
 
-@router.get("", response_model=ResultListPublic, responses=responses(401, 404, 409, 422),
-            summary="Results of a succeeded job: name, URL and media type of each")
+@router.get(
+    "",
+    response_model=ResultListPublic,
+    responses=responses(401, 404, 409, 422),
+    summary="Results of a succeeded job: name, URL and media type of each",
+)
 async def list_results(job_id: JobId, services: ServicesDep, tenant: TenantDep) -> ResultListPublic:
     def listing() -> ResultListPublic:
         record = succeeded_job(services, tenant, job_id)
@@ -87,13 +95,19 @@ async def list_results(job_id: JobId, services: ServicesDep, tenant: TenantDep) 
                 name = f"{dataset}.{suffix}"
                 if name in artefacts:
                     continue
-                items.append(ResultPublic(
-                    name=name, url=f"{base}/{name}", media_type=media_type,
-                    description=DESCRIPTIONS.get(dataset), slices=info.shape[0],
-                    value_min=info.value_min, value_max=info.value_max,
-                    window=info.window if suffix == "png" else None,
-                    level=info.level if suffix == "png" else None,
-                ))
+                items.append(
+                    ResultPublic(
+                        name=name,
+                        url=f"{base}/{name}",
+                        media_type=media_type,
+                        description=DESCRIPTIONS.get(dataset),
+                        slices=info.shape[0],
+                        value_min=info.value_min,
+                        value_max=info.value_max,
+                        window=info.window if suffix == "png" else None,
+                        level=info.level if suffix == "png" else None,
+                    )
+                )
         items.extend(
             ResultPublic(name=name, url=f"{base}/{name}", media_type=content_type_for(name))
             for name in artefacts
@@ -106,8 +120,10 @@ async def list_results(job_id: JobId, services: ServicesDep, tenant: TenantDep) 
 @router.get(
     "/{name:path}",
     responses={
-        200: {"content": {"image/png": {}, "application/octet-stream": {}},
-              "description": "The result's bytes"},
+        200: {
+            "content": {"image/png": {}, "application/octet-stream": {}},
+            "description": "The result's bytes",
+        },
         **responses(401, 404, 409, 422),
     },
     response_class=Response,
@@ -118,8 +134,9 @@ async def get_result(
     name: ResultName,
     services: ServicesDep,
     tenant: TenantDep,
-    slice_index: Annotated[int, Query(alias="slice", ge=0, le=100_000,
-                                      description="Slice of a PNG result")] = 0,
+    slice_index: Annotated[
+        int, Query(alias="slice", ge=0, le=100_000, description="Slice of a PNG result")
+    ] = 0,
     window: Annotated[float | None, Query(gt=0, le=1e12, description="PNG window width")] = None,
     level: Annotated[
         float | None, Query(ge=-1e12, le=1e12, description="PNG window centre")
@@ -130,8 +147,9 @@ async def get_result(
         artefacts = published_artefacts(services, record)
         if name in artefacts:
             path = services.results.artefact(tenant, job_id, name)
-            return FileResponse(path, media_type=content_type_for(name), headers=IMMUTABLE,
-                                filename=Path(name).name)
+            return FileResponse(
+                path, media_type=content_type_for(name), headers=IMMUTABLE, filename=Path(name).name
+            )
         derived = split_derived(name)
         volumes = services.results.volumes(tenant, job_id, artefacts) if derived else {}
         if derived is None or derived[0] not in volumes:
@@ -144,8 +162,11 @@ async def get_result(
         if suffix == "npy":
             buffer = io.BytesIO()
             np.save(buffer, volume, allow_pickle=False)
-            return Response(buffer.getvalue(), media_type=DERIVED_FORMATS[suffix], headers={
-                **IMMUTABLE, "Content-Disposition": f'attachment; filename="{name}"'})
+            return Response(
+                buffer.getvalue(),
+                media_type=DERIVED_FORMATS[suffix],
+                headers={**IMMUTABLE, "Content-Disposition": f'attachment; filename="{name}"'},
+            )
         return _nifti(volume, info, name)
 
     return await run_in_threadpool(serve)
@@ -154,20 +175,28 @@ async def get_result(
 def _png(info: VolumeInfo, slice_index: int, window: float | None, level: float | None) -> Response:
     slices = info.shape[0]
     if slice_index >= slices:
-        raise HTTPException(422, f"slice {slice_index} is out of range: this result has "
-                            f"{slices} slice(s), 0..{slices - 1}")
+        raise HTTPException(
+            422,
+            f"slice {slice_index} is out of range: this result has "
+            f"{slices} slice(s), 0..{slices - 1}",
+        )
     width = window if window is not None else info.window
     centre = level if level is not None else info.level
     image = ResultCache.read_slice(info, slice_index)
-    data = png_bytes(image, window=(centre - width / 2, centre + width / 2),
-                     colormap=COLORMAPS.get(info.dataset))
+    data = png_bytes(
+        image, window=(centre - width / 2, centre + width / 2), colormap=COLORMAPS.get(info.dataset)
+    )
     return Response(data, media_type="image/png", headers=IMMUTABLE)
 
 
 def _nifti(volume: np.ndarray, info: VolumeInfo, name: str) -> Response:
     with tempfile.TemporaryDirectory() as folder:
-        path = write_nifti(Path(folder) / "result.nii.gz", volume, info.pixel_spacing_mm,
-                           info.slice_thickness_mm)
+        path = write_nifti(
+            Path(folder) / "result.nii.gz", volume, info.pixel_spacing_mm, info.slice_thickness_mm
+        )
         data = path.read_bytes()
-    return Response(data, media_type="application/gzip", headers={
-        **IMMUTABLE, "Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(
+        data,
+        media_type="application/gzip",
+        headers={**IMMUTABLE, "Content-Disposition": f'attachment; filename="{name}"'},
+    )

@@ -20,9 +20,13 @@ from services.api.submissions import UPLOAD_FOLDER
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
 
-@router.post("", status_code=201, response_model=UploadPublic,
-             responses=responses(400, 401, 413, 415, 422),
-             summary="A presigned URL to PUT one raw file into your tenant's raw folder")
+@router.post(
+    "",
+    status_code=201,
+    response_model=UploadPublic,
+    responses=responses(400, 401, 413, 415, 422),
+    summary="A presigned URL to PUT one raw file into your tenant's raw folder",
+)
 async def create_upload(
     body: UploadCreate, services: ServicesDep, tenant: TenantDep
 ) -> UploadPublic:

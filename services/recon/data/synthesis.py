@@ -308,8 +308,6 @@ def synthesize_head_slice(
     return synthesize_head_slice_with_info(rng, size, pixel_mm).image
 
 
-
-
 def example_mosaic(
     seed: int, rows: int = 4, cols: int = 4, size: int = 128, pixel_mm: float = 2.0
 ) -> np.ndarray:
