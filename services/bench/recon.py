@@ -258,11 +258,13 @@ def bench_recon(
     split: Literal["validation", "evaluation"] = "evaluation",
     warm_start: int | None = None,
     steps: int | None = None,
+    start_step: int | None = None,
 ) -> list[BenchRow]:
     """Score ``methods`` on a split in every setting, overall and real scans only.
 
     ``split="validation"`` is for choosing settings (``warm_start`` overrides the warm-start
-    step of the warm variants, ``steps`` the coarse steps of the respaced variants); reported
+    step of the warm variants, ``steps`` the coarse steps of the respaced variants,
+    ``start_step`` the cold-start timestep of every diffusion variant); reported
     numbers come from the evaluation split.
     """
     evaluation = load_split(split)
@@ -281,6 +283,8 @@ def bench_recon(
                 options = replace(options, warm_start=warm_start)
             if steps is not None and options.method == "diffusion" and not options.full_schedule:
                 options = replace(options, steps=steps)
+            if start_step is not None and options.method == "diffusion":
+                options = replace(options, start_step=start_step)
             scores = run_method(engine, subset, options, on_slice)
             rows.append(BenchRow(setting.key, name, "all", scores.summary()))
             if any(scores.real_scan) and not all(scores.real_scan):

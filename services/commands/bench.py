@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.bench import denoising as denoising_bench
 from services.bench import recon as recon_bench
 from services.bench import speed as speed_bench
 from services.bench.pipeline import register_bench as register_pipeline_bench
@@ -104,6 +105,9 @@ def bench_recon(
     steps: Annotated[
         int | None, typer.Option(help="override the coarse steps of respaced diffusion variants")
     ] = None,
+    start_step: Annotated[
+        int | None, typer.Option(help="override the cold-start timestep of diffusion variants")
+    ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="prior weights (default: the shipped prior)")
     ] = None,
@@ -131,6 +135,7 @@ def bench_recon(
             split=split_name,
             warm_start=warm_start,
             steps=steps,
+            start_step=start_step,
         )
     print_rows(rows, f"mrdiff bench recon ({split} split, single-coil simulated k-space)")
     typer.echo(f"peak RSS: {recon_bench.peak_rss_mb():.0f} MB")
@@ -157,9 +162,7 @@ def bench_speed(
     options = ReconOptions(samples=samples)
     with progress_bar() as bar:
         task = bar.add_task("timing", total=slices * len(cases))
-        rows = speed_bench.bench_speed(
-            engine, cases, slices, options, lambda: bar.advance(task)
-        )
+        rows = speed_bench.bench_speed(engine, cases, slices, options, lambda: bar.advance(task))
     table = Table(
         title=f"mrdiff bench speed (diffusion, {samples} samples, "
         f"{options.steps}+{options.refine_steps} steps, "
@@ -169,9 +172,53 @@ def bench_speed(
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
-            row.case.name, str(len(row.seconds)), f"{row.median_seconds:.1f}",
-            f"{min(row.seconds):.1f}", f"{max(row.seconds):.1f}", f"{row.peak_rss_mb:.0f}",
+            row.case.name,
+            str(len(row.seconds)),
+            f"{row.median_seconds:.1f}",
+            f"{min(row.seconds):.1f}",
+            f"{max(row.seconds):.1f}",
+            f"{row.peak_rss_mb:.0f}",
         )
+    Console(width=200).print(table)
+
+
+@bench_app.command("denoising")
+def bench_denoising(
+    weights: Annotated[
+        list[Path] | None,
+        typer.Option(help="prior weights, repeatable (default: the shipped prior)"),
+    ] = None,
+    slices: Annotated[int, typer.Option(min=1, help="validation slices")] = 24,
+    timesteps: Annotated[str, typer.Option(help="comma-separated timesteps")] = ",".join(
+        map(str, denoising_bench.DEFAULT_TIMESTEPS)
+    ),
+) -> None:
+    """Clean-image error of the prior's estimate by noise level, on validation slices."""
+    from services.recon.prior import load_prior
+
+    try:
+        steps = [int(t) for t in timesteps.split(",")]
+    except ValueError as error:
+        raise InputError(f"bad timesteps {timesteps!r}; write e.g. 400,900,990") from error
+    x0 = denoising_bench.validation_images(slices)
+    rows = denoising_bench.baseline_rows(x0, steps)
+    chosen: list[Path | None] = list(weights) if weights else [None]
+    for path in chosen:
+        prior = load_prior(path)
+        if any(not 0 <= t < prior.schedule.num_timesteps for t in steps):
+            raise InputError(f"timesteps must be in [0, {prior.schedule.num_timesteps - 1}]")
+        label = f"{prior.name} (step {prior.step}, {prior.sha256[:12]})"
+        rows.append(
+            denoising_bench.DenoisingRow(label, denoising_bench.denoising_errors(prior, x0, steps))
+        )
+    table = Table(
+        title=f"mrdiff bench denoising (validation, {len(x0)} slices): clean-image MSE by t"
+    )
+    table.add_column("estimate")
+    for t in steps:
+        table.add_column(f"t={t}", justify="right")
+    for row in rows:
+        table.add_row(row.name, *(f"{row.mse_by_t[t]:.4f}" for t in steps))
     Console(width=200).print(table)
 
 

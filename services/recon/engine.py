@@ -19,7 +19,10 @@ from services.recon.coils import espirit_maps
 from services.recon.errors import InputError
 from services.recon.io import ImageVolume, KspaceVolume
 from services.recon.masks import MASK_KINDS, make_mask
-from services.recon.sampler import DEFAULT_COARSE_STEPS, DEFAULT_REFINE_STEPS
+from services.recon.sampler import (
+    DEFAULT_COARSE_STEPS,
+    DEFAULT_REFINE_STEPS,
+)
 
 if TYPE_CHECKING:
     from services.recon.anomaly import AnomalyDetector, AnomalyResult
@@ -49,6 +52,7 @@ class ReconOptions:
     warm_start: int | None = None
     warm_start_from: str = "zero-filled"
     full_schedule: bool = False
+    start_step: int | None = None
     lam: float | None = None
     cs_iterations: int = 100
     anomaly: bool = False
@@ -308,6 +312,7 @@ class ReconEngine:
             eta=options.eta,
             warm_start=options.warm_start,
             full_schedule=options.full_schedule,
+            start_step=options.start_step,
         )
         if options.warm_start is not None and initial is None:
             initial = baselines.run_baseline(

@@ -43,6 +43,15 @@ DEFAULT_COARSE_STEPS = 45
 """Coarse respaced steps: 45 cost 0.03 dB against 50 on the validation split (1-D random 4x,
 0.01 dB at 8x) and keep a 128x128 slice with 8 samples under 15 s on 2 cores (BENCHMARKS.md)."""
 DEFAULT_REFINE_STEPS = 20
+UNCONDITIONAL_START_STEP = 900
+"""Timestep unconditional sampling starts at, from pure noise. Above it the prior's clean-image
+estimate is worse than a blank image (`mrdiff bench denoising`: an epsilon model's estimate
+``(x_t - sqrt(1 - abar) eps) / sqrt(abar)`` is ill-conditioned as abar -> 0), and starting at
+T - 1 let those estimates set the layout of the samples (bright blobs filling the field of
+view). At 900 the noised image holds only ``sqrt(abar) = 0.15`` of the signal, so pure noise
+is a close start. Reconstruction keeps T - 1: the measured k-space, injected from the first
+step, corrects the layout, and starting at 900 cost 0.02 / 0.06 dB on validation (1-D 4x / 8x,
+BENCHMARKS.md)."""
 CLIP_X0 = 2.0
 """Bound on the real and imaginary parts of every clean-image estimate, in the prior's units:
 the data range (the largest |real| or |imaginary| value of a training slice is at most 1.72
@@ -65,6 +74,8 @@ class SamplerConfig:
 
     ``final_dc_iterations`` (multi-coil only) are the CG steps of the data consistency after
     the last step of each stage; every other step takes one gradient step (DiffuseRecon).
+    ``start_step`` is the timestep a cold start begins at (None: the schedule's last, T - 1;
+    see :data:`UNCONDITIONAL_START_STEP`).
     ``clip_x0`` bounds the real and imaginary parts of each step's clean-image estimate in the
     prior's units (99th percentile magnitude = 1), as guided-diffusion's ``clip_denoised``.
     """
@@ -74,6 +85,7 @@ class SamplerConfig:
     refine_steps: int = DEFAULT_REFINE_STEPS
     warm_start: int | None = None
     full_schedule: bool = False
+    start_step: int | None = None
     eta: float = 1.0
     clip_x0: float | None = CLIP_X0
     final_dc_iterations: int = 10
@@ -87,6 +99,8 @@ class SamplerConfig:
             raise InputError(f"steps must be in [1, {num_timesteps}], got {self.steps}")
         if not 0 <= self.refine_steps <= num_timesteps:
             raise InputError(f"refine_steps must be in [0, {num_timesteps}]")
+        if self.start_step is not None and not 0 <= self.start_step < num_timesteps:
+            raise InputError(f"start_step must be in [0, {num_timesteps - 1}]")
         if self.warm_start is not None and not 0 <= self.warm_start < num_timesteps:
             raise InputError(f"warm_start must be in [0, {num_timesteps - 1}]")
         if not 0.0 <= self.eta <= 1.0:
@@ -230,9 +244,11 @@ def prior_eps_function(prior: LoadedPrior, bf16: bool = True) -> EpsFunction:
 
 
 def coarse_timesteps(config: SamplerConfig, num_timesteps: int) -> list[int]:
-    """Ascending timesteps of the coarse stage (respaced, full, and/or below a warm start)."""
-    count = num_timesteps if config.full_schedule else config.steps
-    timesteps = space_timesteps(num_timesteps, count)
+    """Ascending timesteps of the coarse stage (respaced or every step, up to the start step, or
+    below a warm start)."""
+    start = num_timesteps - 1 if config.start_step is None else config.start_step
+    count = start + 1 if config.full_schedule else config.steps
+    timesteps = space_timesteps(num_timesteps, count, start)
     if config.warm_start is not None:
         timesteps = [*(t for t in timesteps if t < config.warm_start), config.warm_start]
     return timesteps
@@ -461,19 +477,25 @@ def sample_unconditional(
     eta: float = 1.0,
     batch: int = 8,
     clip_x0: float | None = CLIP_X0,
+    start_step: int = UNCONDITIONAL_START_STEP,
 ) -> np.ndarray:
     """Unconditional DDIM samples of the prior, one per seed, complex (S, H, W), p99 units.
 
     Sample ``i`` depends only on ``seeds[i]`` (its own generator for the starting noise and,
     with ``eta > 0``, the step noise). ``eta = 1`` by default: with an early prior the
     deterministic ``eta = 0`` path diverged to the clipping bound where ``eta = 1`` did not.
+    Sampling starts from pure noise at ``start_step`` (:data:`UNCONDITIONAL_START_STEP`; a
+    schedule shorter than that starts at its last step).
     """
     schedule = prior.schedule
     if not 1 <= steps <= schedule.num_timesteps:
         raise InputError(f"steps must be in [1, {schedule.num_timesteps}], got {steps}")
     device = prior.device
     eps_fn = prior_eps_function(prior)
-    pairs = step_pairs(space_timesteps(schedule.num_timesteps, steps))
+    if start_step < 0:
+        raise InputError(f"start_step must be >= 0, got {start_step}")
+    start = min(start_step, schedule.num_timesteps - 1)
+    pairs = step_pairs(space_timesteps(schedule.num_timesteps, steps, start))
     results: list[Tensor] = []
     with torch.inference_mode():
         for first in range(0, len(seeds), batch):

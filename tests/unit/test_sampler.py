@@ -171,6 +171,20 @@ def test_full_schedule_walks_every_timestep(tiny_prior: LoadedPrior) -> None:
     assert result.timesteps == list(range(100))
 
 
+def test_cold_start_begins_at_the_start_step() -> None:
+    config = SamplerConfig(steps=10, start_step=900)
+    assert coarse_timesteps(config, 1000)[-1] == 900
+    assert len(coarse_timesteps(config, 1000)) == 10
+    full = SamplerConfig(full_schedule=True, start_step=900)
+    assert coarse_timesteps(full, 1000) == list(range(901))
+    assert coarse_timesteps(SamplerConfig(steps=10), 1000)[-1] == 999  # default: T - 1
+    warm = SamplerConfig(steps=10, start_step=900, warm_start=300)
+    assert coarse_timesteps(warm, 1000)[-1] == 300
+    for bad in (-1, 1000):
+        with pytest.raises(InputError, match="start_step"):
+            SamplerConfig(start_step=bad).validated(1000)
+
+
 def test_sizes_not_divisible_by_eight_are_padded_inside(tiny_prior: LoadedPrior) -> None:
     rows, cols = np.mgrid[-1:1:30j, -1:1:36j]
     image = ((rows**2 + cols**2) < 0.5).astype(np.complex64)
