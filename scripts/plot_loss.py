@@ -1,4 +1,9 @@
-"""Plot a training run's loss curve (runs/<run>/loss.csv) to a PNG for MODEL_CARD.md."""
+"""Plot a training run's loss curve (runs/<run>/loss.csv) to a PNG for MODEL_CARD.md.
+
+Several CSVs are read in order (a run forked from another continues its curve; later files win
+for repeated steps); ``--mark STEP:TEXT`` draws a labelled vertical line, e.g. where the loss
+weighting changed.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +18,23 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def read_losses(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_losses(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Steps and losses; a resumed run repeats steps, and the last entry of a step wins."""
     by_step: dict[int, float] = {}
-    with path.open() as handle:
-        for row in csv.DictReader(handle):
-            by_step[int(row["step"])] = float(row["loss"])
+    for path in paths:
+        with path.open() as handle:
+            for row in csv.DictReader(handle):
+                by_step[int(row["step"])] = float(row["loss"])
     steps = np.array(sorted(by_step))
     return steps, np.array([by_step[s] for s in steps])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("loss_csv", type=Path)
+    parser.add_argument("loss_csv", type=Path, nargs="+")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--window", type=int, default=50, help="moving-average window")
+    parser.add_argument("--mark", action="append", default=[], help="STEP:TEXT vertical line")
     args = parser.parse_args()
     steps, losses = read_losses(args.loss_csv)
     window = max(1, min(args.window, len(losses)))
@@ -35,6 +42,17 @@ def main() -> None:
     figure, axis = plt.subplots(figsize=(7, 3.5), dpi=100)
     axis.plot(steps, losses, lw=0.5, alpha=0.4, label="loss (per step)")
     axis.plot(steps[window - 1 :], smooth, lw=1.5, label=f"moving average ({window})")
+    for mark in args.mark:
+        step, _, text = mark.partition(":")
+        axis.axvline(int(step), color="grey", lw=1, ls="--")
+        axis.annotate(
+            text,
+            (int(step), 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(4, -12),
+            textcoords="offset points",
+            fontsize=7,
+        )
     axis.set_yscale("log")
     axis.set_xlabel("step (batch 16)")
     axis.set_ylabel("epsilon MSE")

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from services.recon.errors import InputError
 from services.recon.io.png import write_png
+from services.recon.sampler import UNCONDITIONAL_START_STEP
 from services.recon.training import (
     StepLog,
     export_weights,
@@ -156,6 +157,9 @@ def sample_prior_command(
     weights: Annotated[Path | None, typer.Option(help="prior weights file")] = None,
     steps: Annotated[int, typer.Option(help="DDIM steps")] = 50,
     eta: Annotated[float, typer.Option(help="DDIM eta: 0 deterministic, 1 DDPM-like")] = 1.0,
+    start_step: Annotated[
+        int, typer.Option(help="timestep sampling starts at, from pure noise")
+    ] = UNCONDITIONAL_START_STEP,
     size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
 ) -> None:
@@ -169,8 +173,13 @@ def sample_prior_command(
     prior = load_prior(weights)
     if not 0.0 <= eta <= 1.0:
         raise InputError(f"eta must be in [0, 1], got {eta}")
-    images = sample_unconditional(prior, seed_list, steps=steps, shape=(size, size), eta=eta)
-    footer = f"{prior.name}, unconditional DDIM {steps} steps, eta {eta:g}, seeds {seeds}"
+    images = sample_unconditional(
+        prior, seed_list, steps=steps, shape=(size, size), eta=eta, start_step=start_step
+    )
+    footer = (
+        f"{prior.name}, unconditional DDIM {steps} steps from t={start_step}, eta {eta:g}, "
+        f"seeds {seeds}"
+    )
     write_png(out, magnitude_grid(images), window=(0.0, 1.0), footer=footer, overwrite=overwrite)
     typer.echo(f"wrote {out} ({len(seed_list)} samples of {prior.name}, {steps} DDIM steps)")
 
