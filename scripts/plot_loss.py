@@ -49,14 +49,15 @@ def main() -> None:
             text,
             (int(step), 1.0),
             xycoords=("data", "axes fraction"),
-            xytext=(4, -12),
+            xytext=(-4, -12),
             textcoords="offset points",
+            ha="right",
             fontsize=7,
         )
     axis.set_yscale("log")
     axis.set_xlabel("step (batch 16)")
-    axis.set_ylabel("epsilon MSE")
-    axis.legend()
+    axis.set_ylabel("loss (epsilon MSE)")
+    axis.legend(loc="lower left")
     axis.set_title("mrdiff prior training loss - research use only, not for diagnosis", fontsize=9)
     figure.tight_layout()
     figure.savefig(args.out)
