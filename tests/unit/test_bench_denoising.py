@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from services.bench.denoising import baseline_rows, denoising_errors
+from services.cli import main
 from services.recon.prior import LoadedPrior
 
 
@@ -32,3 +34,16 @@ def test_baselines_ignore_the_noise_level() -> None:
     centred = x0 - x0.mean(dim=0, keepdim=True)
     assert math.isclose(mean.mse_by_t[10], float(centred.square().mean()), rel_tol=1e-6)
     assert mean.mse_by_t[10] <= zero.mse_by_t[10]
+
+
+@pytest.mark.parametrize(
+    ("timesteps", "word"), [("4x0", "bad timesteps"), ("100,5000", "[0, 999]")]
+)
+def test_bad_timesteps_exit_2_with_one_line(
+    timesteps: str, word: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "denoising", "--slices", "2", "--timesteps", timesteps])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and word in message, message
