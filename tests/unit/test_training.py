@@ -81,14 +81,18 @@ def test_images_are_scaled_to_unit_99th_percentile_magnitude() -> None:
     torch.testing.assert_close(p99_scale(scaled.norm(dim=1)), torch.ones(3))
 
 
-def test_bf16_loss_agrees_with_float32_loss() -> None:
+def loss_case(timesteps: list[int]) -> tuple[UNet, DiffusionSchedule, Tensor, Tensor, Tensor]:
+    """A tiny network with non-zero weights, the schedule, 4 images, their timesteps and noise."""
     torch.manual_seed(0)
     model = UNet(TINY)
     for parameter in model.parameters():
         torch.nn.init.normal_(parameter, std=0.1)
-    schedule = DiffusionSchedule.cosine()
     x0 = to_prior_intensity(RandomSlices().images[:4])
-    t, noise = torch.tensor([1, 200, 600, 999]), torch.randn(4, 2, 16, 16)
+    return model, DiffusionSchedule.cosine(), x0, torch.tensor(timesteps), torch.randn(4, 2, 16, 16)
+
+
+def test_bf16_loss_agrees_with_float32_loss() -> None:
+    model, schedule, x0, t, noise = loss_case([1, 200, 600, 999])
     fp32 = diffusion_loss(model, schedule, x0, t, noise, bf16=False)
     bf16 = diffusion_loss(model, schedule, x0, t, noise, bf16=True)
     assert bf16.dtype == torch.float32
@@ -109,13 +113,7 @@ def test_truncated_snr_weights_rise_with_noise_up_to_the_cap() -> None:
 
 
 def test_weighted_loss_is_the_weighted_mean_of_per_image_errors() -> None:
-    torch.manual_seed(0)
-    model = UNet(TINY)
-    for parameter in model.parameters():
-        torch.nn.init.normal_(parameter, std=0.1)
-    schedule = DiffusionSchedule.cosine()
-    x0 = to_prior_intensity(RandomSlices().images[:4])
-    t, noise = torch.tensor([1, 200, 800, 999]), torch.randn(4, 2, 16, 16)
+    model, schedule, x0, t, noise = loss_case([1, 200, 800, 999])
     per_image = torch.stack(
         [
             diffusion_loss(model, schedule, x0[i : i + 1], t[i : i + 1], noise[i : i + 1], False)
