@@ -152,20 +152,13 @@ def train_classifier_command(
     crop: Annotated[int, typer.Option(help="training window around each lesion (0: whole)")] = 64,
 ) -> None:
     """Train the noise-aware healthy-vs-lesion classifier, resuming the run if it exists."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
+    from services.commands.recon import progress_bar
     from services.recon.classifier_training import train_classifier
     from services.recon.training import StepLog, stop_on_signals
 
     with (
         stop_on_signals(),
-        Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            "loss {task.fields[loss]}",
-        ) as bar,
+        progress_bar("loss {task.fields[loss]}") as bar,
     ):
         task = bar.add_task("training classifier", total=steps, loss="-")
 

@@ -45,13 +45,15 @@ SnrOption = Annotated[
 ]
 
 
-def progress_bar() -> Progress:
-    """A progress bar for anything that takes more than a second."""
+def progress_bar(*fields: str) -> Progress:
+    """A progress bar for anything that takes more than a second; ``fields`` are extra text
+    columns such as ``"loss {task.fields[loss]}"``."""
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        *fields,
     )
 
 

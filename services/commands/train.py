@@ -8,8 +8,8 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+from services.commands.recon import progress_bar
 from services.recon.errors import InputError
 from services.recon.io.png import write_png
 from services.recon.sampler import UNCONDITIONAL_START_STEP
@@ -82,14 +82,7 @@ def train_prior_command(
         typer.echo(f"new run fine-tuned from {init_from}")
     with (
         stop_on_signals(),
-        Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            "loss {task.fields[loss]}",
-            "{task.fields[rate]}",
-        ) as bar,
+        progress_bar("loss {task.fields[loss]}", "{task.fields[rate]}") as bar,
     ):
         task = bar.add_task("training prior", total=steps, loss="-", rate="")
 
