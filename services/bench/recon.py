@@ -209,12 +209,14 @@ DIFFUSION_VARIANTS: dict[str, ReconOptions] = {
     "diffusion-warm": ReconOptions(method="diffusion", warm_start=400),
     "diffusion-full": ReconOptions(method="diffusion", full_schedule=True),
     "diffusion-eta0": ReconOptions(method="diffusion", eta=0.0),
+    "diffusion-noise-aware": ReconOptions(method="diffusion", noise_std=None),
     "diffusion-warm-tv": ReconOptions(
         method="diffusion", warm_start=WARM_START_FROM_CS, warm_start_from="cs-tv"
     ),
 }
 """Named diffusion configurations; ``diffusion-warm-tv`` starts from CS-TV (validation lambda),
-``diffusion-eta0`` takes deterministic DDIM coarse steps (the samples differ by their start)."""
+``diffusion-eta0`` takes deterministic DDIM coarse steps (the samples differ by their start),
+``diffusion-noise-aware`` estimates the measurement noise and lets the prior remove it (DDNM+)."""
 DEFAULT_SETTINGS = (
     Setting("random1d", 4.0),
     Setting("random1d", 8.0),

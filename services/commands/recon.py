@@ -45,6 +45,19 @@ SnrOption = Annotated[
 ]
 
 
+def parse_noise_std(text: str) -> float | None:
+    """``--noise-std``: "auto" (estimate from k-space corners) or a number >= 0 (input units)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"--noise-std must be 'auto' or a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise InputError(f"--noise-std must be 'auto' or a number >= 0, got {text!r}")
+    return value
+
+
 def progress_bar(*fields: str) -> Progress:
     """A progress bar for anything that takes more than a second; ``fields`` are extra text
     columns such as ``"loss {task.fields[loss]}"``."""
@@ -85,6 +98,13 @@ def reconstruct(
     warm_start_from: Annotated[
         str, typer.Option(help=f"warm start estimate: {', '.join(WARM_START_SOURCES)}")
     ] = "zero-filled",
+    noise_std: Annotated[
+        str,
+        typer.Option(
+            help="measurement noise std for diffusion data consistency: 0 exact (DiffuseRecon), "
+            "'auto' estimated from k-space corners (noise-aware, DDNM+), or a number"
+        ),
+    ] = "0",
     anomaly: Annotated[
         bool,
         typer.Option(help="also write anomaly_map, healthy, anomaly_mask of the reconstruction"),
@@ -112,6 +132,7 @@ def reconstruct(
         seed=seed,
         warm_start=warm_start,
         warm_start_from=warm_start_from,
+        noise_std=parse_noise_std(noise_std),
         lam=lam,
         anomaly=anomaly,
         anomaly_method=anomaly_method,

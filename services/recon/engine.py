@@ -40,7 +40,9 @@ class ReconOptions:
 
     ``warm_start`` (a diffusion step) starts the sampler from a classical estimate noised to that
     step (Chung et al., CVPR 2022) made by ``warm_start_from``; ``lam`` is the lambda of a CS
-    method, or of a CS warm start.
+    method, or of a CS warm start. ``noise_std`` is the diffusion sampler's measurement noise
+    (see :class:`~services.recon.sampler.SamplerConfig`: 0 exact data consistency, None
+    estimated from k-space for noise-aware data consistency).
     """
 
     method: str = "diffusion"
@@ -53,6 +55,7 @@ class ReconOptions:
     warm_start_from: str = "zero-filled"
     full_schedule: bool = False
     start_step: int | None = None
+    noise_std: float | None = 0.0
     lam: float | None = None
     cs_iterations: int = 100
     anomaly: bool = False
@@ -73,6 +76,8 @@ class ReconOptions:
                 f"unknown warm start source {self.warm_start_from!r}; "
                 f"choose one of {', '.join(WARM_START_SOURCES)}"
             )
+        if self.noise_std is not None and not (np.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise InputError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
         if self.lam is not None and not self.lam > 0:
             raise InputError(f"lam must be positive, got {self.lam}")
         if self.anomaly_method not in ANOMALY_METHODS:
@@ -313,6 +318,7 @@ class ReconEngine:
             warm_start=options.warm_start,
             full_schedule=options.full_schedule,
             start_step=options.start_step,
+            noise_std=options.noise_std,
         )
         if options.warm_start is not None and initial is None:
             initial = baselines.run_baseline(

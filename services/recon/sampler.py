@@ -12,6 +12,12 @@ diffusion model sampling" (DiffuseRecon, MICCAI 2022):
 3. Fine stage: the mean of the samples is refined by a few deterministic (DDIM, eta 0) steps at
    the low-noise end of the full schedule, with the clean measurements.
 
+Measurement noise (:mod:`services.recon.noise`, after DDNM+): its level is estimated from the
+corners of k-space, the noise added to the injected measurements is reduced by it, and below the
+level where the diffusion noise falls under it the measurements enter with a weight < 1, so
+the prior removes the measurement noise instead of copying it into the output. ``noise_std = 0``
+restores DiffuseRecon's exact replacement (output exactly consistent with the measurements).
+
 Warm start (Chung et al., "Come-Closer-Diffuse-Faster", CVPR 2022): the coarse stage may start
 from an initial estimate noised to ``t0`` and run only the respaced steps below it.
 
@@ -35,6 +41,7 @@ from torch import Tensor
 from services.recon import physics
 from services.recon.diffusion import CLEAN, DiffusionSchedule, space_timesteps, step_pairs
 from services.recon.errors import InputError
+from services.recon.noise import added_noise_std, data_weight, estimate_noise_std
 from services.recon.prior import LoadedPrior, p99_scale
 from services.recon.unet import crop_to, pad_to_multiple
 
@@ -78,6 +85,9 @@ class SamplerConfig:
     see :data:`UNCONDITIONAL_START_STEP`).
     ``clip_x0`` bounds the real and imaginary parts of each step's clean-image estimate in the
     prior's units (99th percentile magnitude = 1), as guided-diffusion's ``clip_denoised``.
+    ``noise_std`` is the measurement noise per real/imaginary channel in the units of the input
+    k-space: None estimates it (:func:`~services.recon.noise.estimate_noise_std`), 0 means
+    noiseless measurements (exact replacement, DiffuseRecon).
     """
 
     samples: int = 8
@@ -88,6 +98,7 @@ class SamplerConfig:
     start_step: int | None = None
     eta: float = 1.0
     clip_x0: float | None = CLIP_X0
+    noise_std: float | None = 0.0
     final_dc_iterations: int = 10
     keep_samples: bool = False
     bf16: bool = True
@@ -105,6 +116,8 @@ class SamplerConfig:
             raise InputError(f"warm_start must be in [0, {num_timesteps - 1}]")
         if not 0.0 <= self.eta <= 1.0:
             raise InputError(f"eta must be in [0, 1], got {self.eta}")
+        if self.noise_std is not None and not (np.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise InputError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
         return self
 
 
@@ -121,7 +134,8 @@ class Reconstruction(NamedTuple):
 
     ``variance`` is the (unbiased) variance of the magnitude across the coarse samples, None for
     a single sample. ``samples`` (N, H, W) only when ``SamplerConfig.keep_samples``.
-    ``dc_residual`` is ``||M F S x - y|| / ||y||`` of ``image``.
+    ``dc_residual`` is ``||M F S x - y|| / ||y||`` of ``image``; with noisy measurements it is
+    about the noise level, not 0. ``noise_std`` is the measurement noise used (input units).
     """
 
     image: np.ndarray
@@ -132,15 +146,18 @@ class Reconstruction(NamedTuple):
     warnings: list[str]
     scale: float
     timesteps: list[int]
+    noise_std: float = 0.0
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """Measured k-space in the prior's intensity units, as torch tensors on one device."""
+    """Measured k-space in the prior's intensity units, as torch tensors on one device,
+    with its noise std per real/imaginary channel in the same units."""
 
     kspace: Tensor
     mask: Tensor
     maps: Tensor | None
+    noise_std: float = 0.0
 
     def forward(self, image: Tensor) -> Tensor:
         """``M F S x`` for images (B, H, W) -> k-space (B, [C,] H, W)."""
@@ -156,27 +173,37 @@ class Measurement:
     def noised(
         self, schedule: DiffusionSchedule, t: int, batch: int, generator: torch.Generator
     ) -> Tensor:
-        """``sqrt(abar_t) y + sqrt(1 - abar_t) M F S eps`` per batch member (clean at CLEAN)."""
+        """``sqrt(abar_t) y + s M F S eps`` per batch member (clean at CLEAN), where
+        ``s = sqrt(1 - abar_t - abar_t sigma^2)`` tops the measurement noise up to the level's."""
         y = self.kspace.expand(batch, *self.kspace.shape)
         if t == CLEAN:
             return y
         abar = float(schedule.alpha_bars[t])
         eps = to_complex(randn((batch, 2, *self.mask.shape), generator, self.kspace.device))
-        return abar**0.5 * y + (1 - abar) ** 0.5 * self.forward(eps)
+        return abar**0.5 * y + added_noise_std(abar, self.noise_std) * self.forward(eps)
 
-    def project(self, image: Tensor, target: Tensor, iterations: int = 1) -> Tensor:
-        """Data consistency: make the sampled k-space of ``image`` (B, H, W) agree with ``target``.
+    def weight(self, schedule: DiffusionSchedule, t: int) -> float:
+        """Weight of the measurements in data consistency at level ``t`` (1 when noiseless)."""
+        abar = 1.0 if t == CLEAN else float(schedule.alpha_bars[t])
+        return data_weight(abar, self.noise_std)
 
-        Single coil: exact replacement on the sampled locations. Multi-coil: one step
-        ``x - S^H F^H M (M F S x - y)`` when ``iterations`` is 1, else that many conjugate
-        gradient (CGLS) steps on ``min ||M F S x - y||``, which change ``x`` only within the
-        range of ``S^H F^H M`` (the unmeasured part of ``x`` is kept).
+    def project(
+        self, image: Tensor, target: Tensor, iterations: int = 1, weight: float = 1.0
+    ) -> Tensor:
+        """Data consistency: move the sampled k-space of ``image`` (B, H, W) to ``target``.
+
+        Single coil: ``k + weight (target - k)`` on the sampled locations (exact replacement at
+        weight 1). Multi-coil: one step ``x - weight S^H F^H M (M F S x - y)`` when
+        ``iterations`` is 1 or ``weight`` < 1, else that many conjugate gradient (CGLS) steps on
+        ``min ||M F S x - y||``, which change ``x`` only within the range of ``S^H F^H M`` (the
+        unmeasured part of ``x`` is kept).
         """
         if self.maps is None:
             kspace = physics.fft2c(image)
-            return physics.ifft2c(torch.where(self.mask, target, kspace))
-        if iterations <= 1:
-            return image - self.adjoint(self.forward(image) - target)
+            moved = target if weight == 1.0 else kspace + weight * (target - kspace)
+            return physics.ifft2c(torch.where(self.mask, moved, kspace))
+        if iterations <= 1 or weight < 1.0:
+            return image - weight * self.adjoint(self.forward(image) - target)
         return self._cgls(image, target, iterations)
 
     def _cgls(self, image: Tensor, target: Tensor, iterations: int) -> Tensor:
@@ -381,7 +408,10 @@ def iter_reconstruct(
         scale = float(p99_scale(zero_filled.abs()))
         if not scale > 1e-12:
             raise InputError("measured k-space is zero; nothing to reconstruct")
-        data = Measurement(raw.kspace / scale, mask_t, maps_t)
+        noise_std = cfg.noise_std
+        if noise_std is None:
+            noise_std = estimate_noise_std(measured, sampled) or 0.0
+        data = Measurement(raw.kspace / scale, mask_t, maps_t, noise_std / scale)
         height, width = sampled.shape
 
         timesteps = coarse_timesteps(cfg, schedule.num_timesteps)
@@ -395,7 +425,13 @@ def iter_reconstruct(
             x = schedule.q_sample(x0, start, randn((batch, 2, height, width), generator, device))
         else:
             x = randn((batch, 2, height, width), generator, device)
-        x = to_channels(data.project(to_complex(x), data.noised(schedule, start, batch, generator)))
+        x = to_channels(
+            data.project(
+                to_complex(x),
+                data.noised(schedule, start, batch, generator),
+                weight=data.weight(schedule, start),
+            )
+        )
 
     pairs = step_pairs(timesteps)
     for number, (t, t_prev) in enumerate(pairs, start=1):
@@ -405,7 +441,8 @@ def iter_reconstruct(
             x = schedule.ddim_step(x, eps, t, t_prev, cfg.eta, noise, cfg.clip_x0)
             target = data.noised(schedule, t_prev, batch, generator)
             iterations = cfg.final_dc_iterations if t_prev == CLEAN else 1
-            x = to_channels(data.project(to_complex(x), target, iterations))
+            weight = data.weight(schedule, t_prev)
+            x = to_channels(data.project(to_complex(x), target, iterations, weight))
         yield Progress("coarse", number, len(pairs))
 
     with torch.inference_mode():
@@ -421,7 +458,8 @@ def iter_reconstruct(
         with torch.inference_mode():
             x = schedule.ddim_step(x, eps_fn(x, t), t, t_prev, 0.0, None, cfg.clip_x0)
             iterations = cfg.final_dc_iterations if t_prev == CLEAN else 1
-            x = to_channels(data.project(to_complex(x), data.kspace[None], iterations))
+            weight = data.weight(schedule, t_prev)
+            x = to_channels(data.project(to_complex(x), data.kspace[None], iterations, weight))
             image = to_complex(x)
         yield Progress("refine", number, len(refine_pairs))
 
@@ -439,6 +477,7 @@ def iter_reconstruct(
         warnings=warnings,
         scale=scale,
         timesteps=timesteps,
+        noise_std=float(noise_std),
     )
 
 

@@ -171,3 +171,17 @@ def test_console_script_reports_one_line(tmp_path: Path) -> None:
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["loud", "-1", "inf", "nan"])
+def test_bad_noise_std_exits_2_with_one_line(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_h5(tmp_path / "in.h5", kspace=good_kspace())
+    out = tmp_path / "out.h5"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reconstruct", str(source), "--out", str(out), "--noise-std", value])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and "--noise-std" in message, message
+    assert not out.exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -60,6 +62,32 @@ def test_single_coil_result_matches_measurements_on_sampled_locations(
     assert result.dc_residual < 1e-5
     assert result.image.shape == (SIZE, SIZE) and result.image.dtype == np.complex64
     np.testing.assert_allclose(result.magnitude, np.abs(result.image))
+
+
+def test_noise_aware_consistency_estimates_the_noise_and_does_not_copy_it(
+    tiny_prior: LoadedPrior,
+) -> None:
+    sigma = 40.0  # well above the phantom's sharp edges in the k-space corners
+    rng = np.random.default_rng(4)
+    noise = sigma * (rng.standard_normal((SIZE, SIZE)) + 1j * rng.standard_normal((SIZE, SIZE)))
+    mask = np.ones((SIZE, SIZE), dtype=bool)
+    mask[::2, 1::2] = False
+    kspace = (physics.fft2c(phantom()) + noise) * mask
+    aware = reconstruct(tiny_prior, kspace, mask, config=replace(FAST, noise_std=None), seed=1)
+    assert aware.noise_std == pytest.approx(sigma, rel=0.3)
+    exact = reconstruct(tiny_prior, kspace, mask, config=FAST, seed=1)
+    assert exact.noise_std == 0.0 and exact.dc_residual < 1e-5
+    assert aware.dc_residual > 1e-3  # the last steps weigh the noisy data below 1
+    given = reconstruct(tiny_prior, kspace, mask, config=replace(FAST, noise_std=sigma), seed=1)
+    assert given.noise_std == sigma
+    maps = birdcage_maps(2, (SIZE, SIZE))
+    coils = physics.sense_forward(phantom(), maps, mask) + noise[None] * mask
+    multi = reconstruct(
+        tiny_prior, coils, mask, maps=maps, config=replace(FAST, noise_std=sigma), seed=1
+    )
+    assert np.isfinite(multi.image).all()
+    with pytest.raises(InputError, match="noise_std"):
+        reconstruct(tiny_prior, kspace, mask, config=replace(FAST, noise_std=-1.0))
 
 
 def test_multi_coil_residual_is_below_that_of_the_zero_filled_start(
