@@ -29,7 +29,11 @@ from services.recon.io import (
 )
 from services.recon.io.atomic import refuse_existing
 from services.recon.masks import MASK_KINDS
-from services.recon.sampler import DEFAULT_COARSE_STEPS, DEFAULT_REFINE_STEPS
+from services.recon.sampler import (
+    DEFAULT_COARSE_STEPS,
+    DEFAULT_REFINE_STEPS,
+    VARIANCE_SMOOTHING_PX,
+)
 
 log = logging.getLogger("mrdiff")
 
@@ -105,6 +109,10 @@ def reconstruct(
             "'auto' estimated from k-space corners (noise-aware, DDNM+), or a number"
         ),
     ] = "0",
+    variance_smoothing: Annotated[
+        float,
+        typer.Option(help="Gaussian sigma (pixels) pooling the sample variance; 0 = per pixel"),
+    ] = VARIANCE_SMOOTHING_PX,
     anomaly: Annotated[
         bool,
         typer.Option(help="also write anomaly_map, healthy, anomaly_mask of the reconstruction"),
@@ -133,6 +141,7 @@ def reconstruct(
         warm_start=warm_start,
         warm_start_from=warm_start_from,
         noise_std=parse_noise_std(noise_std),
+        variance_smoothing_px=variance_smoothing,
         lam=lam,
         anomaly=anomaly,
         anomaly_method=anomaly_method,

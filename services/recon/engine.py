@@ -22,6 +22,7 @@ from services.recon.masks import MASK_KINDS, make_mask
 from services.recon.sampler import (
     DEFAULT_COARSE_STEPS,
     DEFAULT_REFINE_STEPS,
+    VARIANCE_SMOOTHING_PX,
 )
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class ReconOptions:
     full_schedule: bool = False
     start_step: int | None = None
     noise_std: float | None = 0.0
+    variance_smoothing_px: float = VARIANCE_SMOOTHING_PX
     lam: float | None = None
     cs_iterations: int = 100
     anomaly: bool = False
@@ -319,6 +321,7 @@ class ReconEngine:
             full_schedule=options.full_schedule,
             start_step=options.start_step,
             noise_std=options.noise_std,
+            variance_smoothing_px=options.variance_smoothing_px,
         )
         if options.warm_start is not None and initial is None:
             initial = baselines.run_baseline(

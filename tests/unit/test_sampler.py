@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from services.recon import physics
 from services.recon.coils import birdcage_maps
@@ -163,13 +164,17 @@ def test_samples_are_kept_on_request_and_average_to_the_unrefined_image(
 ) -> None:
     mask = column_mask()
     config = SamplerConfig(samples=4, steps=5, refine_steps=0, keep_samples=True)
-    result = reconstruct(tiny_prior, physics.fft2c(phantom()) * mask, mask, config=config)
+    kspace = physics.fft2c(phantom()) * mask
+    result = reconstruct(tiny_prior, kspace, mask, config=config)
     assert result.samples is not None and result.samples.shape == (4, SIZE, SIZE)
     np.testing.assert_allclose(result.image, result.samples.mean(axis=0), rtol=1e-5, atol=1e-3)
-    assert result.variance is not None
-    np.testing.assert_allclose(
-        result.variance, np.abs(result.samples).var(axis=0, ddof=1), rtol=1e-3, atol=1e-3
-    )
+    per_pixel = np.abs(result.samples).var(axis=0, ddof=1)
+    raw = reconstruct(tiny_prior, kspace, mask, config=replace(config, variance_smoothing_px=0))
+    assert raw.variance is not None and result.variance is not None
+    np.testing.assert_allclose(raw.variance, per_pixel, rtol=1e-3, atol=1e-3)
+    pooled = ndimage.gaussian_filter(per_pixel, config.variance_smoothing_px, mode="nearest")
+    np.testing.assert_allclose(result.variance, pooled, rtol=1e-3, atol=1e-3)
+    assert result.variance.sum() == pytest.approx(per_pixel.sum(), rel=0.05)
 
 
 def test_single_sample_has_no_variance(tiny_prior: LoadedPrior) -> None:
@@ -245,6 +250,8 @@ def test_bad_inputs_are_input_errors(tiny_prior: LoadedPrior) -> None:
         reconstruct(tiny_prior, kspace, np.zeros_like(mask), config=FAST)
     with pytest.raises(InputError, match="samples"):
         reconstruct(tiny_prior, kspace, mask, config=SamplerConfig(samples=0))
+    with pytest.raises(InputError, match="variance smoothing"):
+        reconstruct(tiny_prior, kspace, mask, config=SamplerConfig(variance_smoothing_px=-1))
     with pytest.raises(InputError, match="single-coil"):
         reconstruct(tiny_prior, kspace, mask, maps=np.ones((2, SIZE, SIZE), complex))
     bad = kspace.copy()
