@@ -403,6 +403,7 @@ def assemble_volume(
             steps=options.steps,
             refine_steps=options.refine_steps,
             eta=options.eta,
+            variance_smoothing_px=options.variance_smoothing_px,
         )
         if options.warm_start is not None:
             attrs["warm_start"] = options.warm_start
