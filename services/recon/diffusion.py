@@ -46,21 +46,29 @@ def cosine_alpha_bars(num_timesteps: int, offset: float = 0.008, max_beta: float
     return torch.cumprod(1 - torch.tensor(betas, dtype=torch.float64), dim=0)
 
 
-def space_timesteps(num_timesteps: int, count: int, start: int | None = None) -> list[int]:
-    """``count`` evenly spaced timesteps in ``[0, start]``, ascending, always including both ends.
+def space_timesteps(
+    num_timesteps: int, count: int, start: int | None = None, power: float = 1.0
+) -> list[int]:
+    """About ``count`` timesteps in ``[0, start]``, ascending, always including both ends.
 
     ``start`` defaults to ``num_timesteps - 1`` (pure noise); a smaller ``start`` gives the tail
     of a schedule for a warm start (Chung et al., "Come-Closer-Diffuse-Faster", CVPR 2022).
+    ``power`` 1 spaces them evenly; above 1 puts more of them at low noise, ``t_i = start (i /
+    (count - 1)) ** power`` (``power`` 2 is the "quadratic" respacing of DDIM, Song et al., ICLR
+    2021); steps that round to the same timestep are merged. ``count > start`` gives every step.
     """
     last = num_timesteps - 1 if start is None else start
     if not 0 <= last < num_timesteps:
         raise ValueError(f"start must be in [0, {num_timesteps - 1}], got {last}")
     if count < 1:
         raise ValueError(f"count must be positive, got {count}")
+    if not power > 0:
+        raise ValueError(f"power must be positive, got {power}")
     if count == 1:
         return [last]
-    count = min(count, last + 1)
-    spaced = {round(i * last / (count - 1)) for i in range(count)}
+    if count > last:
+        return list(range(last + 1))
+    spaced = {round(last * (i / (count - 1)) ** power) for i in range(count)}
     return sorted(spaced)
 
 

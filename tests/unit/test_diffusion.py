@@ -48,6 +48,19 @@ def test_space_timesteps_are_even_ascending_and_keep_both_ends() -> None:
         space_timesteps(1000, 10, start=1000)
 
 
+def test_power_spacing_is_denser_at_low_noise_and_keeps_both_ends() -> None:
+    steps = space_timesteps(1000, 45, power=1.5)
+    assert steps[0] == 0 and steps[-1] == 999 and steps == sorted(set(steps))
+    assert len(steps) >= 44  # at most the lowest steps merge when rounded
+    gaps = [b - a for a, b in itertools.pairwise(steps)]
+    assert gaps[0] < gaps[-1] and all(b >= a - 1 for a, b in itertools.pairwise(gaps))
+    assert steps[len(steps) // 2] < 999 / 2
+    assert space_timesteps(1000, 1000, power=2.0) == list(range(1000))
+    assert space_timesteps(1000, 45, power=1.0) == space_timesteps(1000, 45)
+    with pytest.raises(ValueError, match="power"):
+        space_timesteps(1000, 45, power=0.0)
+
+
 def test_step_pairs_walk_down_to_clean() -> None:
     assert step_pairs([0, 10, 20]) == [(20, 10), (10, 0), (0, CLEAN)]
 
