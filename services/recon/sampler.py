@@ -56,8 +56,9 @@ DEFAULT_REFINE_STEPS = 20
 COARSE_SPACING_POWER = 1.5
 """Coarse timesteps ``t_i = T (i / n) ** 1.5``: denser at low noise than even spacing, where
 the image's detail forms. Same number of network calls; on the validation split (1-D random 4x)
-+0.10 dB on 4 slices and +0.11 dB on 8 others against even spacing, +0.01 dB at 8x, while
-power 2 gave +0.07 / -0.03 dB (BENCHMARKS.md, session 6)."""
++0.10 dB on 4 slices and +0.11 dB on 8 others against even spacing, +0.01 dB at 8x (power 2:
++0.07 / -0.03 dB); on the 6 slices of `mrdiff bench recon --split validation` +0.03 / -0.02 dB
+(BENCHMARKS.md, session 6)."""
 UNCONDITIONAL_START_STEP = 900
 """Timestep unconditional sampling starts at, from pure noise. Above it the prior's clean-image
 estimate is worse than a blank image (`mrdiff bench denoising`: an epsilon model's estimate
