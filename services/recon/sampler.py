@@ -160,10 +160,11 @@ class Reconstruction(NamedTuple):
     """Result of :func:`reconstruct`, in the units of the zero-filled input.
 
     ``variance`` is the (unbiased) variance of the magnitude across the coarse samples, pooled
-    with a Gaussian of ``SamplerConfig.variance_smoothing_px``, None for
-    a single sample. ``samples`` (N, H, W) only when ``SamplerConfig.keep_samples``.
-    ``dc_residual`` is ``||M F S x - y|| / ||y||`` of ``image``; with noisy measurements it is
-    about the noise level, not 0. ``noise_std`` is the measurement noise used (input units).
+    with a Gaussian of ``SamplerConfig.variance_smoothing_px``, None for a single sample.
+    ``samples`` (N, H, W) only when ``SamplerConfig.keep_samples``. ``dc_residual`` is
+    ``||M F S x - y|| / ||y||`` of ``image``; with noise-aware consistency (``noise_std`` > 0)
+    it is about the noise level, not 0. ``noise_std`` is the measurement noise used (input
+    units).
     """
 
     image: np.ndarray
@@ -233,6 +234,20 @@ class Measurement:
         if iterations <= 1 or weight < 1.0:
             return image - weight * self.adjoint(self.forward(image) - target)
         return self._cgls(image, target, iterations)
+
+    def after_step(
+        self,
+        x: Tensor,
+        target: Tensor,
+        schedule: DiffusionSchedule,
+        t: int,
+        final_iterations: int,
+    ) -> Tensor:
+        """Data consistency of channels ``x`` (B, 2, H, W) after a step down to level ``t``: one
+        projection weighted for the level, or ``final_iterations`` at the clean end."""
+        iterations = final_iterations if t == CLEAN else 1
+        weight = self.weight(schedule, t)
+        return to_channels(self.project(to_complex(x), target, iterations, weight))
 
     def _cgls(self, image: Tensor, target: Tensor, iterations: int) -> Tensor:
         """CGLS (Hestenes-Stiefel) for the SENSE least-squares problem, batched, from ``image``."""
@@ -453,13 +468,8 @@ def iter_reconstruct(
             x = schedule.q_sample(x0, start, randn((batch, 2, height, width), generator, device))
         else:
             x = randn((batch, 2, height, width), generator, device)
-        x = to_channels(
-            data.project(
-                to_complex(x),
-                data.noised(schedule, start, batch, generator),
-                weight=data.weight(schedule, start),
-            )
-        )
+        target = data.noised(schedule, start, batch, generator)
+        x = data.after_step(x, target, schedule, start, cfg.final_dc_iterations)
 
     pairs = step_pairs(timesteps)
     for number, (t, t_prev) in enumerate(pairs, start=1):
@@ -468,9 +478,7 @@ def iter_reconstruct(
             noise = randn(x.shape, generator, device) if cfg.eta > 0 else None
             x = schedule.ddim_step(x, eps, t, t_prev, cfg.eta, noise, cfg.clip_x0)
             target = data.noised(schedule, t_prev, batch, generator)
-            iterations = cfg.final_dc_iterations if t_prev == CLEAN else 1
-            weight = data.weight(schedule, t_prev)
-            x = to_channels(data.project(to_complex(x), target, iterations, weight))
+            x = data.after_step(x, target, schedule, t_prev, cfg.final_dc_iterations)
         yield Progress("coarse", number, len(pairs))
 
     with torch.inference_mode():
@@ -485,9 +493,7 @@ def iter_reconstruct(
     for number, (t, t_prev) in enumerate(refine_pairs, start=1):
         with torch.inference_mode():
             x = schedule.ddim_step(x, eps_fn(x, t), t, t_prev, 0.0, None, cfg.clip_x0)
-            iterations = cfg.final_dc_iterations if t_prev == CLEAN else 1
-            weight = data.weight(schedule, t_prev)
-            x = to_channels(data.project(to_complex(x), data.kspace[None], iterations, weight))
+            x = data.after_step(x, data.kspace[None], schedule, t_prev, cfg.final_dc_iterations)
             image = to_complex(x)
         yield Progress("refine", number, len(refine_pairs))
 
