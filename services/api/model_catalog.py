@@ -28,15 +28,19 @@ class ModelFile(NamedTuple):
     size_bytes: int
 
 
+ROLES = ("prior", "classifier")
+"""The weights the workers load. Other files beside them (``prior_latest.pt``, the training
+run's newest weights) are not served."""
+
+
 def configured_weights(
     settings: Settings, weights_dir: Path = SHIPPED_WEIGHTS_DIR
 ) -> dict[str, Path]:
-    """Role -> weights file: shipped ``*.pt`` files, overridden by paths set in the settings."""
-    files = {path.stem: path for path in sorted(weights_dir.glob("*.pt"))}
-    for role in ("prior", "classifier"):
+    """Role -> weights file: ``<role>.pt`` in the shipped folder, or the path the settings set."""
+    files = {}
+    for role in ROLES:
         override = getattr(settings, f"{role}_path", None)
-        if override is not None:
-            files[role] = Path(override)
+        files[role] = Path(override) if override is not None else weights_dir / f"{role}.pt"
     return files
 
 
