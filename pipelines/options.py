@@ -42,6 +42,14 @@ class JobOptions(BaseModel):
     samples: int = Field(default=8, ge=1, le=64, description="diffusion samples N")
     steps: int = Field(default=45, ge=1, le=1000, description="coarse respaced steps")
     refine_steps: int = Field(default=20, ge=0, le=1000, description="refinement steps")
+    noise_std: float | Literal["auto"] = Field(
+        default=0.0,
+        description="measurement noise std for diffusion data consistency (input units): "
+        "0 exact replacement, 'auto' estimated from the k-space corners (noise-aware, DDNM+)",
+    )
+    variance_smoothing_px: float = Field(
+        default=2.0, ge=0.0, le=16.0, description="Gaussian sigma pooling the sample variance"
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     mask: MaskKind | None = Field(default=None, description="retrospective mask kind")
     accel: float = Field(default=4.0, ge=1.0, le=64.0, description="retrospective acceleration")
@@ -52,6 +60,8 @@ class JobOptions(BaseModel):
     def _asks_for_something(self) -> JobOptions:
         if not (self.reconstruct or self.anomaly):
             raise ValueError("a job must reconstruct, compute an anomaly map, or both")
+        if self.noise_std != "auto" and not 0.0 <= self.noise_std < float("inf"):
+            raise ValueError("noise_std must be 'auto' or a finite number >= 0")
         return self
 
     @classmethod
@@ -91,6 +101,8 @@ class JobOptions(BaseModel):
             steps=self.steps,
             refine_steps=self.refine_steps,
             seed=self.seed,
+            noise_std=None if self.noise_std == "auto" else self.noise_std,
+            variance_smoothing_px=self.variance_smoothing_px,
             anomaly=self.anomaly,
         ).validated()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import typing
 
 import pytest
@@ -25,11 +26,20 @@ def test_defaults_match_the_engine_defaults() -> None:
 
     options = JobOptions()
     engine, retro = ReconOptions(), RetrospectiveOptions()
-    assert (options.samples, options.steps, options.refine_steps, options.seed) == (
+    assert (
+        options.samples,
+        options.steps,
+        options.refine_steps,
+        options.seed,
+        options.noise_std,
+        options.variance_smoothing_px,
+    ) == (
         engine.samples,
         engine.steps,
         engine.refine_steps,
         engine.seed,
+        engine.noise_std,
+        engine.variance_smoothing_px,
     )
     assert (options.accel, options.center_fraction, options.snr) == (
         retro.accel,
@@ -47,6 +57,9 @@ def test_defaults_match_the_engine_defaults() -> None:
         ({"colour": "red"}, "colour"),
         ({"accel": 0.5}, "accel"),
         ({"mask": "spiral"}, "mask"),
+        ({"noise_std": -1}, "noise_std"),
+        ({"noise_std": "loud"}, "noise_std"),
+        ({"variance_smoothing_px": 100}, "variance_smoothing_px"),
         ([1, 2], "expected a JSON object"),
         ("{not json", "not valid JSON"),
     ],
@@ -74,11 +87,16 @@ def test_core_option_types() -> None:
     assert (recon.method, recon.seed) == ("zero-filled", 3)
     assert (retro.mask, retro.accel, retro.seed, retro.snr) == ("poisson2d", 8.0, 3, 30.0)
     assert JobOptions().retrospective_options().mask == "random1d"
+    aware = JobOptions(noise_std="auto", variance_smoothing_px=0).recon_options()
+    assert (aware.noise_std, aware.variance_smoothing_px) == (None, 0.0)
+    assert JobOptions(noise_std=0.5).recon_options().noise_std == 0.5
 
 
 def test_record_form_round_trips() -> None:
     options = JobOptions(method="cs-l1", anomaly=True, mask="equispaced1d")
     assert JobOptions.parse(options.as_record()) == options
+    aware = JobOptions(noise_std="auto")
+    assert JobOptions.parse(json.dumps(aware.as_record())) == aware
 
 
 def test_default_options_from_settings() -> None:
@@ -98,14 +116,3 @@ def test_pipeline_knobs_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MRDIFF_DEFAULT_JOB_OPTIONS", '{"method": "magic"}')
     with pytest.raises(InputError):
         PipelineConfig.from_settings(load_settings())
-
-
-def test_sampler_defaults_match_the_engine() -> None:
-    from services.recon.engine import ReconOptions
-
-    options, engine_options = JobOptions(), ReconOptions()
-    assert (options.samples, options.steps, options.refine_steps) == (
-        engine_options.samples,
-        engine_options.steps,
-        engine_options.refine_steps,
-    )
