@@ -139,7 +139,7 @@ def h5_attrs(outputs: JobOutputs) -> dict[str, Any]:
                 samples=options.samples,
                 steps=options.steps,
                 refine_steps=options.refine_steps,
-                variance_smoothing_px=options.recon_options().variance_smoothing_px,
+                variance_smoothing_px=options.variance_smoothing_px,
             )
     if outputs.anomaly is not None:
         attrs["anomaly_seconds"] = float(sum(r.seconds for r in outputs.anomaly))

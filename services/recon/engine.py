@@ -78,8 +78,6 @@ class ReconOptions:
                 f"unknown warm start source {self.warm_start_from!r}; "
                 f"choose one of {', '.join(WARM_START_SOURCES)}"
             )
-        if self.noise_std is not None and not (np.isfinite(self.noise_std) and self.noise_std >= 0):
-            raise InputError(f"noise_std must be a finite number >= 0, got {self.noise_std}")
         if self.lam is not None and not self.lam > 0:
             raise InputError(f"lam must be positive, got {self.lam}")
         if self.anomaly_method not in ANOMALY_METHODS:
