@@ -15,7 +15,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from services.recon.training import latest_checkpoint, read_checkpoint, train_prior
+from services.recon.training import (
+    BankSelection,
+    latest_checkpoint,
+    read_checkpoint,
+    train_prior,
+)
 
 
 def chunk_targets(done: int, steps: int, chunk_steps: int) -> list[int]:
@@ -71,11 +76,14 @@ def train_prior_flow(
     workers: int = 0,
     init_from: str | None = None,
     snr_weight_cap: float = 1.0,
+    pixel_mm: list[float] | None = None,
+    geometry: str = "dihedral",
 ) -> list[dict[str, Any]]:
     """Train the prior to ``steps`` total steps, one task per chunk of ``chunk_steps``.
 
     ``init_from``: exported prior weights a new run starts from (fine-tuning); later chunks
-    resume the checkpoints, which record those weights' sha256.
+    resume the checkpoints, which record those weights' sha256. ``pixel_mm`` and ``geometry``
+    select and augment the bank's slices (:class:`~services.recon.training.BankSelection`).
     """
     settings: dict[str, Any] = {
         "batch": batch,
@@ -87,6 +95,7 @@ def train_prior_flow(
         "workers": workers,
         "init_from": init_from,
         "snr_weight_cap": snr_weight_cap,
+        "selection": BankSelection(tuple(pixel_mm) if pixel_mm else None, geometry),
     }
     summaries = []
     for target in chunk_targets(completed_steps(run_dir), steps, chunk_steps):

@@ -14,6 +14,7 @@ from services.recon.errors import InputError
 from services.recon.io.png import write_png
 from services.recon.sampler import UNCONDITIONAL_START_STEP
 from services.recon.training import (
+    BankSelection,
     StepLog,
     export_weights,
     latest_checkpoint,
@@ -67,6 +68,17 @@ def train_prior_command(
             "1 = the simple loss"
         ),
     ] = 1.0,
+    pixel_mm: Annotated[
+        list[float] | None,
+        typer.Option(help="train only on the bank's slices at this pixel size (repeatable)"),
+    ] = None,
+    geometry: Annotated[
+        str,
+        typer.Option(
+            help="augmentation: dihedral (all flips and quarter turns) or mirror "
+            "(left-right only; keeps scans upright)"
+        ),
+    ] = "dihedral",
 ) -> None:
     """Train the prior, resuming from the run's latest checkpoint if there is one.
 
@@ -108,6 +120,7 @@ def train_prior_command(
             on_step=show,
             init_from=init_from,
             snr_weight_cap=snr_weight_cap,
+            selection=BankSelection(tuple(pixel_mm) if pixel_mm else None, geometry),
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""
     typer.echo(f"run {run} at step {result.step}/{steps}{speed}; checkpoint {result.checkpoint}")

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
@@ -56,6 +56,28 @@ CHECKPOINT_DIR = "checkpoints"
 LOSS_LOG = "loss.csv"
 THREADS_ENV = "MRDIFF_TORCH_THREADS"
 DEFAULT_UNET = UNetConfig()
+TRAINING_DATA_KEY = "training_data"
+
+
+@dataclass(frozen=True)
+class BankSelection:
+    """Which slices of a bank a prior trains on, and how they are augmented.
+
+    ``pixel_mm`` keeps only slices at these pixel sizes (None: all); ``geometry`` is the
+    augmentation of :class:`services.recon.data.bank.SliceBank` (``mirror`` keeps scans upright).
+    Recorded in checkpoints and exported weights under ``training_data``.
+    """
+
+    pixel_mm: tuple[float, ...] | None = None
+    geometry: str = "dihedral"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pixel_mm": list(self.pixel_mm) if self.pixel_mm else None,
+            "geometry": self.geometry,
+        }
+
+
 """Architecture of a new run when none is given (a resumed run keeps its own)."""
 
 
@@ -594,17 +616,21 @@ def iter_train(
     threads: int | None = None,
     device: str | torch.device | None = None,
     init_from: str | Path | None = None,
+    training_data: dict[str, Any] | None = None,
 ) -> Iterator[StepLog]:
     """Train until ``settings.steps`` total steps, yielding a :class:`StepLog` per step.
 
     With ``resume`` the latest checkpoint in ``run_dir`` is continued (its architecture wins;
     a conflicting ``unet_config`` is an error). Without it, a run directory that already holds
     checkpoints is refused rather than overwritten. ``init_from`` starts a new run from a
-    weights file (see :func:`prepare_prior_run`).
+    weights file (see :func:`prepare_prior_run`). ``training_data`` (what the dataset is, e.g.
+    :meth:`BankSelection.to_dict`) is recorded in every checkpoint.
     """
     run, state, schedule, extra = prepare_prior_run(
         run_dir, settings, unet_config, resume, threads, device, init_from
     )
+    if training_data is not None:
+        extra[TRAINING_DATA_KEY] = training_data
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise InputError("training set is empty")
 
@@ -637,14 +663,18 @@ def iter_train(
     yield from iter_steps(state, run.path, settings, extra, (), batches, loss_of)
 
 
-def open_bank(bank_dir: str | Path) -> Dataset[Tensor]:
-    """The training slices of a bank folder (:class:`services.recon.data.bank.SliceBank`)."""
+def open_bank(bank_dir: str | Path, selection: BankSelection | None = None) -> Dataset[Tensor]:
+    """The training slices of a bank folder (:class:`services.recon.data.bank.SliceBank`),
+    restricted and augmented as ``selection`` says (default: every slice, dihedral)."""
     path = Path(bank_dir)
     if not path.is_dir():
         raise InputError(f"training bank folder not found: {path}")
-    from services.recon.data.bank import SliceBank
+    from services.recon.data.bank import SliceBank, indices_at_pixel_sizes
 
-    bank: Dataset[Tensor] = SliceBank(path)
+    selection = selection or BankSelection()
+    bank: Dataset[Tensor] = SliceBank(path, geometry=selection.geometry)  # type: ignore[arg-type]
+    if selection.pixel_mm:
+        return Subset(bank, indices_at_pixel_sizes(path, selection.pixel_mm))
     return bank
 
 
@@ -666,6 +696,7 @@ def train_prior(
     on_step: Callable[[StepLog], None] | None = None,
     init_from: str | Path | None = None,
     snr_weight_cap: float = 1.0,
+    selection: BankSelection | None = None,
 ) -> TrainResult:
     """Train (or continue training) the prior in ``run_dir`` up to ``steps`` total steps.
 
@@ -673,9 +704,15 @@ def train_prior(
     CUDA when available, else CPU with bf16 autocast and channels_last. ``on_step`` sees each
     :class:`StepLog` (progress bars, flows). ``init_from``: a prior weights file a new run
     starts from (fine-tuning; :mod:`services.recon.init_weights`). ``snr_weight_cap`` > 1
-    weights the loss toward high noise levels (:func:`loss_weights`).
+    weights the loss toward high noise levels (:func:`loss_weights`). ``selection`` picks and
+    augments the bank's slices (:class:`BankSelection`; only for a bank folder).
     """
-    dataset = bank_dir if isinstance(bank_dir, Dataset) else open_bank(bank_dir)
+    if isinstance(bank_dir, Dataset):
+        if selection is not None:
+            raise InputError("a slice selection needs a bank folder, not a dataset")
+        dataset = bank_dir
+    else:
+        dataset = open_bank(bank_dir, selection)
     settings = TrainSettings(
         steps=steps,
         batch=batch,
@@ -688,7 +725,15 @@ def train_prior(
         snr_weight_cap=snr_weight_cap,
     )
     entries = iter_train(
-        dataset, run_dir, settings, unet_config, resume, threads, device, init_from
+        dataset,
+        run_dir,
+        settings,
+        unet_config,
+        resume,
+        threads,
+        device,
+        init_from,
+        (selection or BankSelection()).to_dict(),
     )
     return drain_run(entries, run_dir, read_checkpoint, on_step)
 
@@ -715,8 +760,9 @@ def export_weights(
         "step": step,
         "research_use_only": RESEARCH_USE_ONLY,
     }
-    if INIT_KEY in payload:
-        weights[INIT_KEY] = payload[INIT_KEY]
+    for key in (INIT_KEY, TRAINING_DATA_KEY):
+        if key in payload:
+            weights[key] = payload[key]
     return write_weights(weights, out_path)
 
 

@@ -13,6 +13,7 @@ from services.recon.data.bank import (
     SliceBank,
     augment_complex_slice,
     build_bank,
+    indices_at_pixel_sizes,
     read_manifest,
     slice_generator,
 )
@@ -117,6 +118,35 @@ def test_augmentation_is_a_rigid_phase_and_scale_change() -> None:
     factor = after.sum() / before.sum()
     torch.testing.assert_close(after, before * factor)
     assert 0.8**2 - 1e-4 <= float(factor) <= 1.25**2 + 1e-4
+
+
+def test_mirror_geometry_only_flips_left_right() -> None:
+    image = torch.randn(2, 8, 8)
+    for seed in range(20):
+        out = augment_complex_slice(image, torch.Generator().manual_seed(seed), "mirror")
+        magnitude, original = out.square().sum(0), image.square().sum(0)
+        factor = magnitude.sum() / original.sum()
+        upright = torch.allclose(magnitude, original * factor, rtol=1e-4, atol=1e-5)
+        mirrored = torch.allclose(magnitude, original.flip(1) * factor, rtol=1e-4, atol=1e-5)
+        assert upright or mirrored
+
+
+def test_slices_are_selected_by_pixel_size(bank: Path) -> None:
+    sizes = [
+        float(line.split(",")[6]) for line in (bank / "slices.csv").read_text().splitlines()[1:]
+    ]
+    for size in set(sizes):
+        assert indices_at_pixel_sizes(bank, (size,)) == [
+            i for i, s in enumerate(sizes) if s == size
+        ]
+    assert indices_at_pixel_sizes(bank, tuple(set(sizes))) == list(range(N))
+    with pytest.raises(InputError, match=r"no slice .* at \[3\.7\] mm"):
+        indices_at_pixel_sizes(bank, (3.7,))
+
+
+def test_unknown_geometry_is_an_input_error(bank: Path) -> None:
+    with pytest.raises(InputError, match="geometry must be one of dihedral, mirror"):
+        SliceBank(bank, geometry="sideways")  # type: ignore[arg-type]
 
 
 def test_directory_without_manifest_is_an_input_error(tmp_path: Path) -> None:

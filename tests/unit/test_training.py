@@ -16,6 +16,7 @@ from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
 from services.recon.prior import load_prior, p99_scale
 from services.recon.training import (
+    BankSelection,
     StepBatchSampler,
     StepLog,
     TrainResult,
@@ -277,7 +278,13 @@ def test_cli_trains_exports_and_samples(tmp_path: Path, monkeypatch: pytest.Monk
     from services.commands import train as train_commands
     from services.recon import training
 
-    monkeypatch.setattr(training, "open_bank", lambda _: RandomSlices())
+    selections: list[BankSelection | None] = []
+
+    def open_random_bank(_: Path, selection: BankSelection | None) -> RandomSlices:
+        selections.append(selection)
+        return RandomSlices()
+
+    monkeypatch.setattr(training, "open_bank", open_random_bank)
     monkeypatch.setattr(training, "DEFAULT_UNET", TINY)
     bank, run = tmp_path / "bank", tmp_path / "run"
     bank.mkdir()
@@ -286,13 +293,17 @@ def test_cli_trains_exports_and_samples(tmp_path: Path, monkeypatch: pytest.Monk
     trained = runner.invoke(app, ["train", "prior", *common, "--steps", "3"])
     assert trained.exit_code == 0, trained.output
     assert "at step 3/3" in trained.output
-    resumed = runner.invoke(app, ["train", "prior", *common, "--steps", "4"])
+    upright = ["--pixel-mm", "2", "--geometry", "mirror"]
+    resumed = runner.invoke(app, ["train", "prior", *common, "--steps", "4", *upright])
     assert "resuming from" in resumed.output and "at step 4/4" in resumed.output
+    assert selections == [BankSelection(), BankSelection((2.0,), "mirror")]
 
     weights = tmp_path / "prior.pt"
     exported = runner.invoke(app, ["train", "export", "--run", str(run), "--out", str(weights)])
     assert exported.exit_code == 0, exported.output
     assert (tmp_path / "prior.pt.sha256").is_file()
+    recorded = torch.load(weights, weights_only=True)["training_data"]
+    assert recorded == {"pixel_mm": [2.0], "geometry": "mirror"}
 
     grid = tmp_path / "grid.png"
     args = ["sample-prior", "--weights", str(weights), "--seeds", "0-2,7", "--steps", "3"]
@@ -365,7 +376,13 @@ def test_init_from_on_a_run_with_foreign_checkpoints_exits_2(
     from services.cli import main
     from services.recon import training
 
-    monkeypatch.setattr(training, "open_bank", lambda _: RandomSlices())
+    selections: list[BankSelection | None] = []
+
+    def open_random_bank(_: Path, selection: BankSelection | None) -> RandomSlices:
+        selections.append(selection)
+        return RandomSlices()
+
+    monkeypatch.setattr(training, "open_bank", open_random_bank)
     run = tmp_path / "run"
     train(run, 2)  # from scratch
     before = [path.read_bytes() for path in checkpoint_paths(run)]
@@ -390,8 +407,11 @@ def test_flow_passes_init_from_to_training(monkeypatch: pytest.MonkeyPatch) -> N
         train_flow, "train_chunk", lambda bank, run, target, settings: chunks.append(settings)
     )
     monkeypatch.setattr(train_flow, "create_table_artifact", lambda **_: None)
-    train_flow.train_prior_flow.fn("bank", "run", steps=2, chunk_steps=1, init_from="w.pt")
+    train_flow.train_prior_flow.fn(
+        "bank", "run", steps=2, chunk_steps=1, init_from="w.pt", pixel_mm=[2.0], geometry="mirror"
+    )
     assert [chunk["init_from"] for chunk in chunks] == ["w.pt", "w.pt"]
+    assert chunks[0]["selection"] == BankSelection((2.0,), "mirror")
 
     calls: list[dict[str, object]] = []
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -48,6 +48,10 @@ RESEARCH_NOTICE = "research use only, not for diagnosis"
 SHARD_DTYPE = np.float16
 NORMALISATION = "per slice, 99th percentile of the magnitude is 1"
 DEFAULT_PIXEL_MM: tuple[float, ...] = (2.0, 1.0)
+Geometry = Literal["dihedral", "mirror"]
+"""Geometric augmentation: all 8 flips and quarter turns, or only the left-right mirror image
+(keeps the display orientation the bank was written in: nose up, as scans are viewed)."""
+GEOMETRIES: tuple[str, ...] = get_args(Geometry)
 DEFAULT_PIXEL_MM_WEIGHTS: tuple[float, ...] = (0.6, 0.4)
 DATA_CODE_FILES = (
     "bank.py",
@@ -350,17 +354,26 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 class SliceBank(Dataset[torch.Tensor]):
     """Slices of a bank as float32 tensors (2, H, W), real and imaginary parts.
 
-    With ``augment`` each read is flipped, rotated by a multiple of 90 degrees, multiplied by a
+    With ``augment`` each read is flipped and rotated (:data:`Geometry`), multiplied by a
     global phase e^{i theta} and scaled by a factor in [0.8, 1.25] (log-uniform). Random draws
     come from torch's generator (seeded per DataLoader worker) or, with ``seed``, from a
     generator seeded by (seed, index), which makes every read of an index the same.
     """
 
-    def __init__(self, directory: str | Path, augment: bool = True, seed: int | None = None):
+    def __init__(
+        self,
+        directory: str | Path,
+        augment: bool = True,
+        seed: int | None = None,
+        geometry: Geometry = "dihedral",
+    ):
+        if geometry not in GEOMETRIES:
+            raise InputError(f"geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}")
         self.directory = Path(directory)
         self.manifest = read_manifest(self.directory)
         self.augment = augment
         self.seed = seed
+        self.geometry = geometry
         self._files = [self.directory / shard["file"] for shard in self.manifest["shards"]]
         self._shards: list[np.ndarray] | None = None
         counts = [len(shard) for shard in self._open()]
@@ -396,23 +409,42 @@ class SliceBank(Dataset[torch.Tensor]):
         generator = None
         if self.seed is not None:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        return augment_complex_slice(image, generator)
+        return augment_complex_slice(image, generator, self.geometry)
 
 
 def augment_complex_slice(
-    image: torch.Tensor, generator: torch.Generator | None = None
+    image: torch.Tensor, generator: torch.Generator | None = None, geometry: Geometry = "dihedral"
 ) -> torch.Tensor:
-    """Flip, rotate by k * 90 degrees, rotate the global phase and rescale a (2, H, W) image."""
+    """Mirror left-right, and with ``dihedral`` also flip up-down and rotate by k * 90 degrees;
+    then rotate the global phase and rescale a (2, H, W) image."""
     draws = torch.rand(5, generator=generator)
     if draws[0] < 0.5:
         image = torch.flip(image, dims=(2,))
-    if draws[1] < 0.5:
-        image = torch.flip(image, dims=(1,))
-    quarter_turns = int(draws[2] * 4) % 4
-    if quarter_turns:
-        image = torch.rot90(image, quarter_turns, dims=(1, 2))
+    if geometry == "dihedral":
+        if draws[1] < 0.5:
+            image = torch.flip(image, dims=(1,))
+        quarter_turns = int(draws[2] * 4) % 4
+        if quarter_turns:
+            image = torch.rot90(image, quarter_turns, dims=(1, 2))
     theta = float(draws[3]) * 2.0 * np.pi
     scale = float(np.exp(np.log(0.8) + float(draws[4]) * (np.log(1.25) - np.log(0.8))))
     cos, sin = scale * np.cos(theta), scale * np.sin(theta)
     real, imag = image[0], image[1]
     return torch.stack([cos * real - sin * imag, sin * real + cos * imag]).contiguous()
+
+
+def indices_at_pixel_sizes(directory: str | Path, pixel_mm: tuple[float, ...]) -> list[int]:
+    """Indices of the bank's slices whose pixel size (``slices.csv``) is one of ``pixel_mm``."""
+    path = Path(directory) / SLICES_NAME
+    if not path.is_file():
+        raise InputError(f"{directory} has no {SLICES_NAME} to select pixel sizes from")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and "pixel_mm" not in rows[0]:
+        raise InputError(f"{path} records no pixel sizes (a bank of a site's scans?)")
+    wanted = {round(float(size), 3) for size in pixel_mm}
+    chosen = [int(row["index"]) for row in rows if round(float(row["pixel_mm"]), 3) in wanted]
+    if not chosen:
+        present = sorted({float(row["pixel_mm"]) for row in rows})
+        raise InputError(f"no slice of {directory} at {sorted(wanted)} mm; it has {present} mm")
+    return chosen
