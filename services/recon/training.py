@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -577,7 +577,8 @@ def prepare_prior_run(
 
     A resumed run keeps its architecture and schedule (a conflicting ``unet_config`` is an
     error) and refuses an ``init_from`` its checkpoints do not record; a run started from
-    weights takes the file's architecture and schedule, with a fresh optimiser at step 0.
+    weights takes the file's architecture and schedule, with a fresh optimiser at step 0
+    (``unet_config`` may add the coarsest-scale attention block to it, starting at zero).
     """
     run = start_run(run_dir, settings, resume, threads, device, read_checkpoint)
     init = read_init_weights(init_from) if init_from is not None else None
@@ -593,9 +594,10 @@ def prepare_prior_run(
             schedule = DiffusionSchedule.from_dict(run.payload["schedule"])
         record = run.payload.get(INIT_KEY)
     elif init is not None:
-        if unet_config is not None and unet_config != init.config:
+        with_attention = replace(init.config, attention_at_coarsest=True)
+        if unet_config is not None and unet_config not in (init.config, with_attention):
             raise InputError(f"unet_config differs from the architecture of {init.path.name}")
-        config, schedule = init.config, init.schedule
+        config, schedule = unet_config or init.config, init.schedule
     state = _RunState(config, settings, run.device)
     if run.payload is not None:
         state.load(run.payload, settings.lr)

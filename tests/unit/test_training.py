@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -349,6 +350,29 @@ def test_init_from_starts_model_and_ema_at_the_exported_weights(
             torch.testing.assert_close(value, shipped.model.state_dict()[name], rtol=0, atol=0)
     assert run.extra["init_from"] == {"sha256": shipped.sha256, "name": "tiny-shipped", "step": 2}
     assert run.schedule.num_timesteps == shipped.schedule.num_timesteps
+
+
+def test_attention_added_to_initial_weights_starts_as_the_same_function(
+    tmp_path: Path, exported_prior: Path
+) -> None:
+    from services.recon import training
+
+    with_attention = replace(TINY, attention_at_coarsest=True)
+    run = training.prepare_prior_run(
+        tmp_path, TrainSettings(steps=2), with_attention, threads=1, init_from=exported_prior
+    )
+    shipped = load_prior(exported_prior, device="cpu").model
+    x, t = torch.randn(2, 2, 16, 16), torch.tensor([10, 900])
+    assert run.state.unet_config.attention_at_coarsest
+    for model in (run.state.model, run.state.ema_model):
+        torch.testing.assert_close(model.eval()(x, t), shipped(x, t))
+    result = train(tmp_path / "run", 2, init_from=exported_prior, unet_config=with_attention)
+    assert result.step == 2  # type: ignore[attr-defined]
+    other = replace(TINY, channels=(8, 8))
+    with pytest.raises(InputError, match="differs from the architecture"):
+        training.prepare_prior_run(
+            tmp_path / "other", TrainSettings(steps=2), other, threads=1, init_from=exported_prior
+        )
 
 
 def test_fine_tuning_run_trains_and_its_export_records_the_init(
