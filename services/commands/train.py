@@ -16,6 +16,7 @@ from services.recon.init_weights import read_init_weights
 from services.recon.io.png import write_png
 from services.recon.sampler import UNCONDITIONAL_START_STEP
 from services.recon.training import (
+    DEFAULT_UNET,
     BankSelection,
     StepLog,
     export_weights,
@@ -57,7 +58,7 @@ def with_attention(run: Path, init_from: Path | None) -> UNetConfig:
     elif init_from is not None:
         base = read_init_weights(init_from).config
     else:
-        base = UNetConfig()
+        base = DEFAULT_UNET
     return replace(base, attention_at_coarsest=True)
 
 

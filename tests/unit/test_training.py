@@ -321,6 +321,35 @@ def test_cli_trains_exports_and_samples(tmp_path: Path, monkeypatch: pytest.Monk
     assert again.exit_code != 0 and isinstance(again.exception, InputError)
 
 
+def test_cli_attention_applies_to_new_runs_and_refuses_a_run_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from services.commands import train as train_commands
+    from services.recon import training
+
+    monkeypatch.setattr(training, "open_bank", lambda *_: RandomSlices())
+    monkeypatch.setattr(training, "DEFAULT_UNET", TINY)
+    monkeypatch.setattr(train_commands, "DEFAULT_UNET", TINY)
+    runner = CliRunner()
+
+    def invoke(run: Path, steps: int, *extra: str) -> object:
+        common = ["--bank", str(tmp_path), "--run", str(run), "--batch", "4", "--threads", "1"]
+        return runner.invoke(app, ["train", "prior", *common, "--steps", str(steps), *extra])
+
+    attended = invoke(tmp_path / "attn", 1, "--attention")
+    assert attended.exit_code == 0, attended.output  # type: ignore[attr-defined]
+    saved = read_checkpoint(checkpoint_paths(tmp_path / "attn")[-1])["unet_config"]
+    assert saved["attention_at_coarsest"] is True
+    assert invoke(tmp_path / "attn", 2, "--attention").exit_code == 0  # type: ignore[attr-defined]
+    assert invoke(tmp_path / "plain", 1).exit_code == 0  # type: ignore[attr-defined]
+    refused = invoke(tmp_path / "plain", 2, "--attention")
+    error = refused.exception  # type: ignore[attr-defined]
+    assert isinstance(error, InputError) and "differs from the checkpoint" in str(error)
+
+
 # --- fine-tuning: a new run started from exported weights (--init-from) ---------------------
 
 
