@@ -56,6 +56,8 @@ CHECKPOINT_DIR = "checkpoints"
 LOSS_LOG = "loss.csv"
 THREADS_ENV = "MRDIFF_TORCH_THREADS"
 DEFAULT_UNET = UNetConfig()
+"""Architecture of a new run when none is given (a resumed run keeps its own)."""
+
 TRAINING_DATA_KEY = "training_data"
 
 
@@ -76,9 +78,6 @@ class BankSelection:
             "pixel_mm": list(self.pixel_mm) if self.pixel_mm else None,
             "geometry": self.geometry,
         }
-
-
-"""Architecture of a new run when none is given (a resumed run keeps its own)."""
 
 
 @dataclass(frozen=True)
