@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -12,20 +11,16 @@ import typer
 
 from services.commands.recon import progress_bar
 from services.recon.errors import InputError
-from services.recon.init_weights import read_init_weights
 from services.recon.io.png import write_png
 from services.recon.sampler import UNCONDITIONAL_START_STEP
 from services.recon.training import (
-    DEFAULT_UNET,
     BankSelection,
     StepLog,
     export_weights,
     latest_checkpoint,
-    read_checkpoint,
     stop_on_signals,
     train_prior,
 )
-from services.recon.unet import UNetConfig
 
 train_app = typer.Typer(
     help="Train the diffusion prior and export its weights. Research use only, not for diagnosis.",
@@ -46,20 +41,6 @@ def parse_seeds(spec: str) -> list[int]:
             raise InputError(f"seed range {part!r} runs backwards")
         seeds.extend(range(low, high + 1))
     return seeds
-
-
-def with_attention(run: Path, init_from: Path | None) -> UNetConfig:
-    """The run's architecture with coarsest-scale attention: the checkpoint's when the run
-    resumes (a run started without it then refuses), else that of the weights it starts from
-    or the default network's."""
-    checkpoint = latest_checkpoint(run)
-    if checkpoint is not None:
-        base = UNetConfig.from_dict(read_checkpoint(checkpoint)["unet_config"])
-    elif init_from is not None:
-        base = read_init_weights(init_from).config
-    else:
-        base = DEFAULT_UNET
-    return replace(base, attention_at_coarsest=True)
 
 
 @train_app.command("prior")
@@ -147,7 +128,7 @@ def train_prior_command(
             init_from=init_from,
             snr_weight_cap=snr_weight_cap,
             selection=BankSelection(tuple(pixel_mm) if pixel_mm else None, geometry),
-            unet_config=with_attention(run, init_from) if attention else None,
+            attention=attention,
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""
     typer.echo(f"run {run} at step {result.step}/{steps}{speed}; checkpoint {result.checkpoint}")

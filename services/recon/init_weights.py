@@ -60,12 +60,10 @@ whose zero-initialised output leaves the network's function unchanged at the sta
 def start_from(init: LoadedPrior, model: nn.Module, ema_model: nn.Module) -> None:
     """Set both the model and its EMA copy to the initial weights; parameters of an added
     attention block (:data:`ADDABLE_PREFIX`) keep their fresh initialisation."""
-    weights = init.model.state_dict()
-    for target in (model, ema_model):
-        missing, unexpected = target.load_state_dict(weights, strict=False)
-        if unexpected or any(not key.startswith(ADDABLE_PREFIX) for key in missing):
-            raise InputError(
-                f"{init.path.name} does not fit the run's network "
-                f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-            )
+    missing, unexpected = model.load_state_dict(init.model.state_dict(), strict=False)
+    if unexpected or any(not key.startswith(ADDABLE_PREFIX) for key in missing):
+        raise InputError(
+            f"{init.path.name} does not fit the run's network "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
     ema_model.load_state_dict(model.state_dict())

@@ -570,14 +570,16 @@ def prepare_prior_run(
     threads: int | None = None,
     device: str | torch.device | None = None,
     init_from: str | Path | None = None,
+    attention: bool = False,
 ) -> PriorRun:
     """The run's state before its next step: resumed from the latest checkpoint, started from
     the weights file ``init_from`` (:mod:`services.recon.init_weights`), or new.
 
     A resumed run keeps its architecture and schedule (a conflicting ``unet_config`` is an
     error) and refuses an ``init_from`` its checkpoints do not record; a run started from
-    weights takes the file's architecture and schedule, with a fresh optimiser at step 0
-    (``unet_config`` may add the coarsest-scale attention block to it, starting at zero).
+    weights takes the file's architecture and schedule, with a fresh optimiser at step 0.
+    ``attention`` gives the network the coarsest-scale attention block (added at zero to
+    ``init_from`` weights); a resumed run must already have it.
     """
     run = start_run(run_dir, settings, resume, threads, device, read_checkpoint)
     init = read_init_weights(init_from) if init_from is not None else None
@@ -593,10 +595,16 @@ def prepare_prior_run(
             schedule = DiffusionSchedule.from_dict(run.payload["schedule"])
         record = run.payload.get(INIT_KEY)
     elif init is not None:
-        with_attention = replace(init.config, attention_at_coarsest=True)
-        if unet_config is not None and unet_config not in (init.config, with_attention):
+        if unet_config is not None and unet_config != init.config:
             raise InputError(f"unet_config differs from the architecture of {init.path.name}")
-        config, schedule = unet_config or init.config, init.schedule
+        config, schedule = init.config, init.schedule
+    if attention and not config.attention_at_coarsest:
+        if run.payload is not None:
+            raise InputError(
+                f"unet_config differs from the checkpoint in {run.path}: it has no attention "
+                "block (attention is chosen when a run starts)"
+            )
+        config = replace(config, attention_at_coarsest=True)
     state = _RunState(config, settings, run.device)
     if run.payload is not None:
         state.load(run.payload, settings.lr)
@@ -618,6 +626,7 @@ def iter_train(
     device: str | torch.device | None = None,
     init_from: str | Path | None = None,
     training_data: dict[str, Any] | None = None,
+    attention: bool = False,
 ) -> Iterator[StepLog]:
     """Train until ``settings.steps`` total steps, yielding a :class:`StepLog` per step.
 
@@ -628,7 +637,7 @@ def iter_train(
     :meth:`BankSelection.to_dict`) is recorded in every checkpoint.
     """
     run, state, schedule, extra = prepare_prior_run(
-        run_dir, settings, unet_config, resume, threads, device, init_from
+        run_dir, settings, unet_config, resume, threads, device, init_from, attention
     )
     if training_data is not None:
         extra[TRAINING_DATA_KEY] = training_data
@@ -698,6 +707,7 @@ def train_prior(
     init_from: str | Path | None = None,
     snr_weight_cap: float = 1.0,
     selection: BankSelection | None = None,
+    attention: bool = False,
 ) -> TrainResult:
     """Train (or continue training) the prior in ``run_dir`` up to ``steps`` total steps.
 
@@ -706,7 +716,8 @@ def train_prior(
     :class:`StepLog` (progress bars, flows). ``init_from``: a prior weights file a new run
     starts from (fine-tuning; :mod:`services.recon.init_weights`). ``snr_weight_cap`` > 1
     weights the loss toward high noise levels (:func:`loss_weights`). ``selection`` picks and
-    augments the bank's slices (:class:`BankSelection`; only for a bank folder).
+    augments the bank's slices (:class:`BankSelection`; only for a bank folder). ``attention``:
+    see :func:`prepare_prior_run`.
     """
     if isinstance(bank_dir, Dataset):
         if selection is not None:
@@ -735,6 +746,7 @@ def train_prior(
         device,
         init_from,
         (selection or BankSelection()).to_dict(),
+        attention,
     )
     return drain_run(entries, run_dir, read_checkpoint, on_step)
 

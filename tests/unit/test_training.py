@@ -327,12 +327,10 @@ def test_cli_attention_applies_to_new_runs_and_refuses_a_run_without_it(
     from typer.testing import CliRunner
 
     from services.cli import app
-    from services.commands import train as train_commands
     from services.recon import training
 
     monkeypatch.setattr(training, "open_bank", lambda *_: RandomSlices())
     monkeypatch.setattr(training, "DEFAULT_UNET", TINY)
-    monkeypatch.setattr(train_commands, "DEFAULT_UNET", TINY)
     runner = CliRunner()
 
     def invoke(run: Path, steps: int, *extra: str) -> object:
@@ -386,16 +384,15 @@ def test_attention_added_to_initial_weights_starts_as_the_same_function(
 ) -> None:
     from services.recon import training
 
-    with_attention = replace(TINY, attention_at_coarsest=True)
     run = training.prepare_prior_run(
-        tmp_path, TrainSettings(steps=2), with_attention, threads=1, init_from=exported_prior
+        tmp_path, TrainSettings(steps=2), threads=1, init_from=exported_prior, attention=True
     )
     shipped = load_prior(exported_prior, device="cpu").model
     x, t = torch.randn(2, 2, 16, 16), torch.tensor([10, 900])
     assert run.state.unet_config.attention_at_coarsest
     for model in (run.state.model, run.state.ema_model):
         torch.testing.assert_close(model.eval()(x, t), shipped(x, t))
-    result = train(tmp_path / "run", 2, init_from=exported_prior, unet_config=with_attention)
+    result = train(tmp_path / "run", 2, init_from=exported_prior, unet_config=None, attention=True)
     assert result.step == 2  # type: ignore[attr-defined]
     other = replace(TINY, channels=(8, 8))
     with pytest.raises(InputError, match="differs from the architecture"):
