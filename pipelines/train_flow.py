@@ -78,12 +78,14 @@ def train_prior_flow(
     snr_weight_cap: float = 1.0,
     pixel_mm: list[float] | None = None,
     geometry: str = "dihedral",
+    attention: bool = False,
 ) -> list[dict[str, Any]]:
     """Train the prior to ``steps`` total steps, one task per chunk of ``chunk_steps``.
 
     ``init_from``: exported prior weights a new run starts from (fine-tuning); later chunks
     resume the checkpoints, which record those weights' sha256. ``pixel_mm`` and ``geometry``
-    select and augment the bank's slices (:class:`~services.recon.training.BankSelection`).
+    select and augment the bank's slices (:class:`~services.recon.training.BankSelection`);
+    ``attention`` gives a new run the coarsest-scale attention block.
     """
     settings: dict[str, Any] = {
         "batch": batch,
@@ -96,6 +98,7 @@ def train_prior_flow(
         "init_from": init_from,
         "snr_weight_cap": snr_weight_cap,
         "selection": BankSelection(tuple(pixel_mm) if pixel_mm else None, geometry),
+        "attention": attention,
     }
     summaries = []
     for target in chunk_targets(completed_steps(run_dir), steps, chunk_steps):

@@ -458,10 +458,18 @@ def test_flow_passes_init_from_to_training(monkeypatch: pytest.MonkeyPatch) -> N
     )
     monkeypatch.setattr(train_flow, "create_table_artifact", lambda **_: None)
     train_flow.train_prior_flow.fn(
-        "bank", "run", steps=2, chunk_steps=1, init_from="w.pt", pixel_mm=[2.0], geometry="mirror"
+        "bank",
+        "run",
+        steps=2,
+        chunk_steps=1,
+        init_from="w.pt",
+        pixel_mm=[2.0],
+        geometry="mirror",
+        attention=True,
     )
     assert [chunk["init_from"] for chunk in chunks] == ["w.pt", "w.pt"]
     assert chunks[0]["selection"] == BankSelection((2.0,), "mirror")
+    assert chunks[0]["attention"] is True
 
     calls: list[dict[str, object]] = []
 
