@@ -20,8 +20,8 @@ demo: $(STAMP)
 
 ## Set up, then lint, type-check and run the default (fast) test suite.
 test: $(STAMP)
-	$(BIN)/ruff check services pipelines tests
-	$(BIN)/ruff format --check services pipelines tests
+	$(BIN)/ruff check services pipelines tests scripts
+	$(BIN)/ruff format --check services pipelines tests scripts
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 

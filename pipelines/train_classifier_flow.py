@@ -17,11 +17,12 @@ from prefect.cache_policies import NO_CACHE
 
 from pipelines.train_flow import chunk_targets
 from services.recon.classifier_training import (
+    DENSE_WEIGHT,
     export_classifier,
     read_classifier_checkpoint,
     train_classifier,
 )
-from services.recon.training import latest_checkpoint
+from services.recon.training import BankSelection, latest_checkpoint
 
 
 def classifier_steps_done(run_dir: str | Path) -> int:
@@ -74,9 +75,15 @@ def train_classifier_flow(
     checkpoint_every: int = 200,
     workers: int = 0,
     crop: int | None = 64,
+    dense_weight: float = DENSE_WEIGHT,
+    pixel_mm: list[float] | None = None,
+    geometry: str = "dihedral",
     export_to: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Train the classifier to ``steps`` total steps, one task per chunk; optionally export."""
+    """Train the classifier to ``steps`` total steps, one task per chunk; optionally export.
+
+    ``dense_weight``, ``pixel_mm`` and ``geometry`` are those of ``mrdiff train classifier``.
+    """
     settings: dict[str, Any] = {
         "batch": batch,
         "lr": lr,
@@ -85,6 +92,8 @@ def train_classifier_flow(
         "checkpoint_every": checkpoint_every,
         "workers": workers,
         "crop": crop,
+        "dense_weight": dense_weight,
+        "selection": BankSelection(tuple(pixel_mm) if pixel_mm else None, geometry),
     }
     summaries = [
         train_classifier_chunk(bank_dir, run_dir, target, settings)

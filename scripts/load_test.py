@@ -59,8 +59,10 @@ class Samples:
 
     def row(self) -> str:
         total = len(self.latencies) + len(self.errors)
-        return (f"| {self.name} | {total} | {self.percentile(50):.1f} | {self.percentile(99):.1f} "
-                f"| {max(self.latencies, default=0) * 1000:.1f} | {len(self.errors)} |")
+        return (
+            f"| {self.name} | {total} | {self.percentile(50):.1f} | {self.percentile(99):.1f} "
+            f"| {max(self.latencies, default=0) * 1000:.1f} | {len(self.errors)} |"
+        )
 
 
 def tiny_kspace(seed: int, slices: int = 2, size: int = 32) -> bytes:
@@ -89,8 +91,9 @@ async def timed(samples: Samples, request: asyncio.Future[httpx.Response] | obje
     return str(response.json().get("id", ""))
 
 
-async def run_load(base_url: str, api_key: str, submissions: int, reads: int,
-                   concurrency: int) -> tuple[Samples, Samples, float]:
+async def run_load(
+    base_url: str, api_key: str, submissions: int, reads: int, concurrency: int
+) -> tuple[Samples, Samples, float]:
     """Send the submissions, then the status reads; returns both samples and the wall time."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Authorization": f"Bearer {api_key}"}
@@ -100,17 +103,26 @@ async def run_load(base_url: str, api_key: str, submissions: int, reads: int,
     payloads = [tiny_kspace(seed) for seed in range(submissions)]
     salt = secrets.token_hex(4)
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits,
-                                 timeout=120) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=headers, limits=limits, timeout=120
+    ) as client:
 
         async def one_submission(index: int) -> str | None:
             async with gate:
-                return await timed(submit, client.post(
-                    "/v1/jobs",
-                    files={"file": (f"load-{salt}-{index}.h5", payloads[index],
-                                    "application/octet-stream")},
-                    data={"options": OPTIONS},
-                ))
+                return await timed(
+                    submit,
+                    client.post(
+                        "/v1/jobs",
+                        files={
+                            "file": (
+                                f"load-{salt}-{index}.h5",
+                                payloads[index],
+                                "application/octet-stream",
+                            )
+                        },
+                        data={"options": OPTIONS},
+                    ),
+                )
 
         ids = [i for i in await asyncio.gather(*map(one_submission, range(submissions))) if i]
         if not ids:
@@ -130,21 +142,25 @@ def free_port() -> int:
     return pick()
 
 
-def wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path,
-                  timeout: float = API_START_SECONDS) -> float:
+def wait_until_up(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = API_START_SECONDS
+) -> float:
     """Wait for ``/healthz``; returns the start-up time. Start-up is not measured by the test:
     on a machine busy with training, importing the API alone can take a minute."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process.poll() is not None:
-            raise SystemExit(f"the API process exited with {process.returncode}: "
-                             f"{log.read_text(errors='replace')[-2000:]}")
+            raise SystemExit(
+                f"the API process exited with {process.returncode}: "
+                f"{log.read_text(errors='replace')[-2000:]}"
+            )
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url + "/healthz", timeout=5).status_code == 200:
                 return time.monotonic() - started
         time.sleep(0.5)
-    raise SystemExit(f"the API did not come up in {timeout:.0f} s: "
-                     f"{log.read_text(errors='replace')[-2000:]}")
+    raise SystemExit(
+        f"the API did not come up in {timeout:.0f} s: {log.read_text(errors='replace')[-2000:]}"
+    )
 
 
 @contextlib.contextmanager
@@ -163,9 +179,12 @@ def self_contained_stack(workdir: Path) -> Iterator[tuple[str, str]]:
     from services.storage.local_server import start_local_s3
 
     settings = load_settings(
-        environment="development", data_dir=workdir / "data",
-        s3_endpoint=f"127.0.0.1:{free_port()}", s3_access_key=f"load-{secrets.token_hex(4)}",
-        s3_secret_key=secrets.token_urlsafe(24), api_port=free_port(),
+        environment="development",
+        data_dir=workdir / "data",
+        s3_endpoint=f"127.0.0.1:{free_port()}",
+        s3_access_key=f"load-{secrets.token_hex(4)}",
+        s3_secret_key=secrets.token_urlsafe(24),
+        api_port=free_port(),
     )
     with start_local_s3(settings), prefect_test_harness(server_startup_timeout=240):
         prefect_url = str(PREFECT_API_URL.value())
@@ -173,8 +192,11 @@ def self_contained_stack(workdir: Path) -> Iterator[tuple[str, str]]:
         Storage.from_settings(settings).ensure_buckets()
         deployment: Any = process_job.to_deployment(name="process-job")  # sync outside a loop
         deployment.apply()
-        key = ApiKeyStore(settings.api_keys_path,
-                          settings.api_pepper.get_secret_value()).create("load").secret
+        key = (
+            ApiKeyStore(settings.api_keys_path, settings.api_pepper.get_secret_value())
+            .create("load")
+            .secret
+        )
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
@@ -189,8 +211,13 @@ def self_contained_stack(workdir: Path) -> Iterator[tuple[str, str]]:
         }
         log_path = workdir / "api.log"
         log = open(log_path, "wb")  # noqa: SIM115 (closed below)
-        api = subprocess.Popen([sys.executable, "-m", "services.api"], env=env, cwd=REPO,
-                               stdout=log, stderr=subprocess.STDOUT)
+        api = subprocess.Popen(
+            [sys.executable, "-m", "services.api"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         base_url = f"http://127.0.0.1:{settings.api_port}"
         try:
             startup = wait_until_up(base_url, api, log_path)
@@ -240,22 +267,28 @@ def main(argv: list[str] | None = None) -> int:
     if not (1 <= args.submissions <= 500 and 1 <= args.reads <= 2000):
         raise SystemExit("keep the run bounded: <= 500 submissions and <= 2000 reads")
     command = "python scripts/load_test.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("mrd_"))
+        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("mrd_")
+    )
 
     def go(base_url: str, key: str) -> tuple[Samples, Samples, float]:
         if not base_url.startswith(LOOPBACK_PREFIXES):
             raise SystemExit("the load test only targets loopback addresses")
-        return asyncio.run(asyncio.wait_for(
-            run_load(base_url, key, args.submissions, args.reads, args.concurrency),
-            RUN_DEADLINE_SECONDS))
+        return asyncio.run(
+            asyncio.wait_for(
+                run_load(base_url, key, args.submissions, args.reads, args.concurrency),
+                RUN_DEADLINE_SECONDS,
+            )
+        )
 
     if args.base_url:
         if not args.api_key:
             raise SystemExit("--api-key is required with --base-url")
         submit, status, wall = go(args.base_url, args.api_key)
     else:
-        with tempfile.TemporaryDirectory(prefix="mrdiff-load-") as work, \
-                self_contained_stack(Path(work)) as (base_url, key):
+        with (
+            tempfile.TemporaryDirectory(prefix="mrdiff-load-") as work,
+            self_contained_stack(Path(work)) as (base_url, key),
+        ):
             submit, status, wall = go(base_url, key)
     text = report(submit, status, wall, args.concurrency, command)
     print(text)

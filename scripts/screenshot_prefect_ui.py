@@ -52,9 +52,10 @@ def newest_job_run(api_url: str) -> str:
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(
-        sync_client=True
-    ) as client:
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        get_client(sync_client=True) as client,
+    ):
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["process-job"])),
             flow_run_filter=FlowRunFilter(
@@ -71,8 +72,13 @@ def newest_job_run(api_url: str) -> str:
 def screenshot(url: str, out: Path, chromium: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mrdiff-chromium-") as profile:
-        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                   f"--screenshot={out}", url]
+        command = [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--screenshot={out}",
+            url,
+        ]
         result = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
     if result.returncode != 0 or not out.exists():
         raise SystemExit(f"chromium failed ({result.returncode}): {result.stderr[-800:]}")

@@ -65,11 +65,14 @@ def run_chromium(url: str, *extra: str, budget_ms: int = 20000, timeout: float =
     """Run headless Chromium on ``url`` with a fresh profile; returns its stdout."""
     with tempfile.TemporaryDirectory(prefix="mrdiff-chromium-") as profile:
         command = [
-            find_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-            f"--virtual-time-budget={budget_ms}", *extra, url,
+            find_chromium(),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--virtual-time-budget={budget_ms}",
+            *extra,
+            url,
         ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"chromium exited {done.returncode}: {done.stderr[-1500:]}")
     return done.stdout
@@ -100,21 +103,26 @@ def check_viewer(base_url: str, job_id: str, api_key: str) -> ViewerCheck:
     return inspect_dom(run_chromium(viewer_url(base_url, job_id, api_key), "--dump-dom"))
 
 
-def screenshot(base_url: str, job_id: str, api_key: str, out: Path,
-               size: tuple[int, int] = (1600, 900)) -> Path:
+def screenshot(
+    base_url: str, job_id: str, api_key: str, out: Path, size: tuple[int, int] = (1600, 900)
+) -> Path:
     """Save a PNG of the viewer page (written beside ``out`` first, then moved into place)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.tmp.png")
-    run_chromium(viewer_url(base_url, job_id, api_key), f"--screenshot={temporary}",
-                 f"--window-size={size[0]},{size[1]}")
+    run_chromium(
+        viewer_url(base_url, job_id, api_key),
+        f"--screenshot={temporary}",
+        f"--window-size={size[0]},{size[1]}",
+    )
     if not temporary.is_file() or temporary.stat().st_size == 0:
         raise RuntimeError("chromium wrote no screenshot")
     temporary.replace(out)
     return out
 
 
-def submit_and_wait(base_url: str, api_key: str, path: Path, options: dict[str, object],
-                    timeout: float = 900) -> str:
+def submit_and_wait(
+    base_url: str, api_key: str, path: Path, options: dict[str, object], timeout: float = 900
+) -> str:
     """Upload ``path`` as a job, wait for it to succeed, return its id."""
     headers = {"Authorization": f"Bearer {api_key}"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=120) as client:
@@ -149,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.base_url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         raise SystemExit("the viewer script only talks to a loopback API")
-    job_id = args.job or submit_and_wait(args.base_url, args.api_key, args.submit,
-                                         json.loads(args.options))
+    job_id = args.job or submit_and_wait(
+        args.base_url, args.api_key, args.submit, json.loads(args.options)
+    )
     check = check_viewer(args.base_url, job_id, args.api_key)
     print(f"viewer state={check.state} panels={check.panels} status={check.status!r}")
     if check.state != "ready" or not check.panels["panel-reconstruction"]:

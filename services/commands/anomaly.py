@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.commands.train import GeometryOption, PixelSizesOption, bank_selection
 from services.recon.anomaly import (
     METHODS,
     RESEARCH_USE_ONLY,
@@ -27,6 +28,7 @@ from services.recon.anomaly import (
     defaults_are_tuned,
     stack_results,
 )
+from services.recon.classifier_training import DENSE_WEIGHT
 from services.recon.errors import InputError
 
 MethodOption = Annotated[str, typer.Option(help=f"one of {', '.join(METHODS)}")]
@@ -150,6 +152,11 @@ def train_classifier_command(
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 200,
     workers: Annotated[int, typer.Option(help="data-loading worker processes (0 or 1)")] = 0,
     crop: Annotated[int, typer.Option(help="training window around each lesion (0: whole)")] = 64,
+    dense_weight: Annotated[
+        float, typer.Option(help="weight of the evidence-map loss against the slice loss")
+    ] = DENSE_WEIGHT,
+    pixel_mm: PixelSizesOption = None,
+    geometry: GeometryOption = "dihedral",
 ) -> None:
     """Train the noise-aware healthy-vs-lesion classifier, resuming the run if it exists."""
     from services.commands.recon import progress_bar
@@ -177,6 +184,8 @@ def train_classifier_command(
             workers=workers,
             crop=crop or None,
             on_step=show,
+            dense_weight=dense_weight,
+            selection=bank_selection(pixel_mm, geometry),
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""
     typer.echo(f"run {run} at step {result.step}/{steps}{speed}; checkpoint {result.checkpoint}")

@@ -28,6 +28,24 @@ train_app = typer.Typer(
 )
 
 
+PixelSizesOption = Annotated[
+    list[float] | None,
+    typer.Option(help="train only on the bank's slices at this pixel size (repeatable)"),
+]
+GeometryOption = Annotated[
+    str,
+    typer.Option(
+        help="augmentation: dihedral (all flips and quarter turns) or mirror "
+        "(left-right only; keeps scans upright)"
+    ),
+]
+
+
+def bank_selection(pixel_mm: list[float] | None, geometry: str) -> BankSelection:
+    """The training slices the ``--pixel-mm`` and ``--geometry`` options ask for."""
+    return BankSelection(tuple(pixel_mm) if pixel_mm else None, geometry)
+
+
 def parse_seeds(spec: str) -> list[int]:
     """``"0-15"`` -> 0..15, ``"1,4,9"`` -> [1, 4, 9]; ranges and lists may be mixed."""
     seeds: list[int] = []
@@ -68,17 +86,8 @@ def train_prior_command(
             "1 = the simple loss"
         ),
     ] = 1.0,
-    pixel_mm: Annotated[
-        list[float] | None,
-        typer.Option(help="train only on the bank's slices at this pixel size (repeatable)"),
-    ] = None,
-    geometry: Annotated[
-        str,
-        typer.Option(
-            help="augmentation: dihedral (all flips and quarter turns) or mirror "
-            "(left-right only; keeps scans upright)"
-        ),
-    ] = "dihedral",
+    pixel_mm: PixelSizesOption = None,
+    geometry: GeometryOption = "dihedral",
     attention: Annotated[
         bool,
         typer.Option(
@@ -127,7 +136,7 @@ def train_prior_command(
             on_step=show,
             init_from=init_from,
             snr_weight_cap=snr_weight_cap,
-            selection=BankSelection(tuple(pixel_mm) if pixel_mm else None, geometry),
+            selection=bank_selection(pixel_mm, geometry),
             attention=attention,
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""

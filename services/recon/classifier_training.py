@@ -42,6 +42,8 @@ from services.recon.errors import InputError
 from services.recon.metrics import auroc
 from services.recon.prior import RESEARCH_USE_ONLY
 from services.recon.training import (
+    TRAINING_DATA_KEY,
+    BankSelection,
     ExportedWeights,
     StepLog,
     TrainResult,
@@ -281,6 +283,8 @@ def iter_train_classifier(
     threads: int | None = None,
     device: str | torch.device | None = None,
     crop: int | None = DEFAULT_CROP,
+    dense_weight: float = DENSE_WEIGHT,
+    training_data: dict[str, Any] | None = None,
 ) -> Iterator[StepLog]:
     """Train until ``settings.steps`` total steps, yielding a :class:`StepLog` per step.
 
@@ -289,7 +293,9 @@ def iter_train_classifier(
     ``run_dir`` continues (its architecture wins; a conflicting ``config`` is an error); the crop
     may change on resume, so a run can start on cheap crops around the lesions and finish on
     whole slices (what the anomaly maps feed it; each checkpoint records the crop it used);
-    without ``resume`` a run folder holding checkpoints is refused.
+    without ``resume`` a run folder holding checkpoints is refused. Checkpoints also record
+    ``dense_weight`` and ``training_data`` (what the dataset is, e.g.
+    :meth:`BankSelection.to_dict`), which may change on resume too.
     """
     run = start_run(run_dir, settings, resume, threads, device, read_classifier_checkpoint)
     schedule = DiffusionSchedule.cosine()
@@ -328,11 +334,14 @@ def iter_train_classifier(
             noise.to(run.device),
             settings.bf16,
             masks=masks,
+            dense_weight=dense_weight,
         )
         accuracy = float(((logits.detach() > 0).long() == labels).float().mean())
         return loss, (f"{accuracy:.3f}",)
 
-    extra = state.checkpoint_extra(schedule)
+    extra = {**state.checkpoint_extra(schedule), "dense_weight": dense_weight}
+    if training_data is not None:
+        extra[TRAINING_DATA_KEY] = training_data
     yield from iter_steps(state, run.path, settings, extra, ("accuracy",), batches, loss_of)
 
 
@@ -354,15 +363,24 @@ def train_classifier(
     config: ClassifierConfig | None = None,
     crop: int | None = DEFAULT_CROP,
     on_step: Callable[[StepLog], None] | None = None,
+    dense_weight: float = DENSE_WEIGHT,
+    selection: BankSelection | None = None,
 ) -> TrainResult:
     """Train (or continue) the classifier in ``run_dir`` up to ``steps`` total steps.
 
     ``bank`` is a slice-bank folder (:class:`services.recon.data.bank.SliceBank`) or any Dataset
     of float32 ``(2, H, W)`` healthy slices; ``crop`` is the training window around each lesion
     (``None``: whole slices; the network is fully convolutional and maps whole slices later).
-    Defaults to one torch thread: the prior trains on the same cores.
+    ``dense_weight`` weighs the evidence-map loss against the slice loss; ``selection`` picks
+    and augments the bank's slices as for the prior. Defaults to one torch thread: the prior
+    trains on the same cores.
     """
-    dataset = bank if isinstance(bank, Dataset) else open_bank(bank)
+    if isinstance(bank, Dataset):
+        if selection is not None:
+            raise InputError("a slice selection needs a bank folder, not a dataset")
+        dataset = bank
+    else:
+        dataset = open_bank(bank, selection)
     settings = TrainSettings(
         steps=steps,
         batch=batch,
@@ -374,8 +392,18 @@ def train_classifier(
         workers=workers,
         bf16=bf16,
     )
+    training_data = None if isinstance(bank, Dataset) else (selection or BankSelection()).to_dict()
     entries = iter_train_classifier(
-        dataset, run_dir, settings, config, resume, threads, device, crop
+        dataset,
+        run_dir,
+        settings,
+        config,
+        resume,
+        threads,
+        device,
+        crop,
+        dense_weight,
+        training_data,
     )
     return drain_run(entries, run_dir, read_classifier_checkpoint, on_step)
 
@@ -398,6 +426,9 @@ def export_classifier(
         "lesion_family": TRAINING_FAMILY.name,
         "research_use_only": RESEARCH_USE_ONLY,
     }
+    for key in ("dense_weight", TRAINING_DATA_KEY):
+        if key in payload:
+            weights[key] = payload[key]
     return write_weights(weights, out_path)
 
 

@@ -157,6 +157,38 @@ def test_exported_weights_load_and_match(tmp_path: Path) -> None:
         torch.testing.assert_close(loaded.model(x, t), reference(x, t))
 
 
+def test_cli_passes_bank_selection_and_dense_weight_and_export_records_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from services.recon import classifier_training
+    from services.recon.training import BankSelection
+
+    selections: list[BankSelection | None] = []
+
+    def open_phantoms(_: Path, selection: BankSelection | None) -> PhantomBank:
+        selections.append(selection)
+        return PhantomBank()
+
+    monkeypatch.setattr(classifier_training, "open_bank", open_phantoms)
+    monkeypatch.setattr(classifier_training, "DEFAULT_CONFIG", TINY)
+    bank, run = tmp_path / "bank", tmp_path / "run"
+    bank.mkdir()
+    args = ["train", "classifier", "--bank", str(bank), "--run", str(run), "--steps", "1"]
+    options = ["--batch", "2", "--crop", "0", "--dense-weight", "0.1", "--pixel-mm", "2"]
+    trained = CliRunner().invoke(app, [*args, *options, "--geometry", "mirror"])
+    assert trained.exit_code == 0, trained.output
+    assert selections == [BankSelection((2.0,), "mirror")]
+    exported = export_classifier(run, tmp_path / "c.pt")
+    weights = torch.load(exported.path, weights_only=True)
+    assert weights["dense_weight"] == 0.1
+    assert weights["training_data"] == {"pixel_mm": [2.0], "geometry": "mirror"}
+    with pytest.raises(InputError, match="needs a bank folder"):
+        train_classifier(PhantomBank(), tmp_path / "other", steps=1, selection=BankSelection())
+
+
 def test_bad_weights_raise_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         load_classifier(tmp_path / "missing.pt")
@@ -201,3 +233,43 @@ def test_short_training_learns_to_tell_lesions_at_low_noise(tmp_path: Path) -> N
     rows = accuracy_by_noise_level(loaded.model, loaded.schedule, images, labels, (0, 999))
     assert rows[0].auroc > 0.65
     assert abs(rows[1].auroc - 0.5) < 0.2, "pure noise cannot be classified"
+
+
+def test_flow_trains_in_chunks_with_the_cli_options_and_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from pipelines import train_classifier_flow as flow_module
+    from services.recon import classifier_training
+    from services.recon.training import BankSelection
+
+    selections: list[BankSelection | None] = []
+
+    def open_phantoms(_: Path, selection: BankSelection | None) -> PhantomBank:
+        selections.append(selection)
+        return PhantomBank()
+
+    monkeypatch.setattr(classifier_training, "open_bank", open_phantoms)
+    monkeypatch.setattr(classifier_training, "DEFAULT_CONFIG", TINY)
+    monkeypatch.setattr(flow_module, "create_table_artifact", lambda **_: None)
+    monkeypatch.setattr(flow_module, "get_run_logger", lambda: logging.getLogger("test"))
+    for task_name in ("train_classifier_chunk", "export_classifier_task"):
+        monkeypatch.setattr(flow_module, task_name, getattr(flow_module, task_name).fn)
+    run, out = tmp_path / "run", tmp_path / "c.pt"
+    summaries = flow_module.train_classifier_flow.fn(
+        "bank",
+        str(run),
+        steps=2,
+        chunk_steps=1,
+        batch=2,
+        crop=None,
+        dense_weight=0.1,
+        pixel_mm=[2.0],
+        geometry="mirror",
+        export_to=str(out),
+    )
+    assert [row["step"] for row in summaries] == [1, 2]
+    assert load_classifier(out).step == 2
+    assert selections == [BankSelection((2.0,), "mirror")] * 2
+    assert read_classifier_checkpoint(latest_checkpoint(run))["dense_weight"] == 0.1  # type: ignore[arg-type]
