@@ -62,7 +62,7 @@ RECON_CENTER_FRACTION = 0.08
 RECON_SNR = 40.0
 L_GRID = (100, 200, 300, 400, 500, 600)
 S_GRID = (10.0, 30.0, 100.0, 300.0, 1000.0)
-SMOOTHING_GRID = (0.0, 1.0, 2.0)
+SMOOTHING_GRID = (0.0, 1.0, 2.0, 3.0, 4.0)
 SIZES = tuple(name for name, _, _ in SIZE_BINS)
 
 
