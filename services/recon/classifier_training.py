@@ -55,9 +55,9 @@ from services.recon.training import (
     iter_steps,
     latest_payload,
     load_checkpoint,
-    open_bank,
     resumed_config,
     start_run,
+    training_slices,
     write_weights,
 )
 
@@ -375,12 +375,7 @@ def train_classifier(
     and augments the bank's slices as for the prior. Defaults to one torch thread: the prior
     trains on the same cores.
     """
-    if isinstance(bank, Dataset):
-        if selection is not None:
-            raise InputError("a slice selection needs a bank folder, not a dataset")
-        dataset = bank
-    else:
-        dataset = open_bank(bank, selection)
+    dataset, training_data = training_slices(bank, selection)
     settings = TrainSettings(
         steps=steps,
         batch=batch,
@@ -392,7 +387,6 @@ def train_classifier(
         workers=workers,
         bf16=bf16,
     )
-    training_data = None if isinstance(bank, Dataset) else (selection or BankSelection()).to_dict()
     entries = iter_train_classifier(
         dataset,
         run_dir,

@@ -688,6 +688,19 @@ def open_bank(bank_dir: str | Path, selection: BankSelection | None = None) -> D
     return bank
 
 
+def training_slices(
+    bank: str | Path | Dataset[Tensor], selection: BankSelection | None
+) -> tuple[Dataset[Tensor], dict[str, Any] | None]:
+    """A bank folder opened as ``selection`` says (:func:`open_bank`), or a dataset as it is,
+    with what to record as ``training_data`` (None for a dataset, which cannot be selected)."""
+    if isinstance(bank, Dataset):
+        if selection is not None:
+            raise InputError("a slice selection needs a bank folder, not a dataset")
+        return bank, None
+    selection = selection or BankSelection()
+    return open_bank(bank, selection), selection.to_dict()
+
+
 def train_prior(
     bank_dir: str | Path | Dataset[Tensor],
     run_dir: str | Path,
@@ -719,12 +732,7 @@ def train_prior(
     augments the bank's slices (:class:`BankSelection`; only for a bank folder). ``attention``:
     see :func:`prepare_prior_run`.
     """
-    if isinstance(bank_dir, Dataset):
-        if selection is not None:
-            raise InputError("a slice selection needs a bank folder, not a dataset")
-        dataset = bank_dir
-    else:
-        dataset = open_bank(bank_dir, selection)
+    dataset, training_data = training_slices(bank_dir, selection)
     settings = TrainSettings(
         steps=steps,
         batch=batch,
@@ -745,7 +753,7 @@ def train_prior(
         threads,
         device,
         init_from,
-        (selection or BankSelection()).to_dict(),
+        training_data,
         attention,
     )
     return drain_run(entries, run_dir, read_checkpoint, on_step)

@@ -163,7 +163,7 @@ def test_cli_passes_bank_selection_and_dense_weight_and_export_records_them(
     from typer.testing import CliRunner
 
     from services.cli import app
-    from services.recon import classifier_training
+    from services.recon import classifier_training, training
     from services.recon.training import BankSelection
 
     selections: list[BankSelection | None] = []
@@ -172,7 +172,7 @@ def test_cli_passes_bank_selection_and_dense_weight_and_export_records_them(
         selections.append(selection)
         return PhantomBank()
 
-    monkeypatch.setattr(classifier_training, "open_bank", open_phantoms)
+    monkeypatch.setattr(training, "open_bank", open_phantoms)
     monkeypatch.setattr(classifier_training, "DEFAULT_CONFIG", TINY)
     bank, run = tmp_path / "bank", tmp_path / "run"
     bank.mkdir()
@@ -241,7 +241,7 @@ def test_flow_trains_in_chunks_with_the_cli_options_and_exports(
     import logging
 
     from pipelines import train_classifier_flow as flow_module
-    from services.recon import classifier_training
+    from services.recon import classifier_training, training
     from services.recon.training import BankSelection
 
     selections: list[BankSelection | None] = []
@@ -250,7 +250,7 @@ def test_flow_trains_in_chunks_with_the_cli_options_and_exports(
         selections.append(selection)
         return PhantomBank()
 
-    monkeypatch.setattr(classifier_training, "open_bank", open_phantoms)
+    monkeypatch.setattr(training, "open_bank", open_phantoms)
     monkeypatch.setattr(classifier_training, "DEFAULT_CONFIG", TINY)
     monkeypatch.setattr(flow_module, "create_table_artifact", lambda **_: None)
     monkeypatch.setattr(flow_module, "get_run_logger", lambda: logging.getLogger("test"))
