@@ -181,10 +181,16 @@ def test_cli_passes_bank_selection_and_dense_weight_and_export_records_them(
     trained = CliRunner().invoke(app, [*args, *options, "--geometry", "mirror"])
     assert trained.exit_code == 0, trained.output
     assert selections == [BankSelection((2.0,), "mirror")]
-    exported = export_classifier(run, tmp_path / "c.pt")
-    weights = torch.load(exported.path, weights_only=True)
+    card = tmp_path / "card.md"
+    export_args = ["train", "export-classifier", "--run", str(run), "--out", str(tmp_path / "c.pt")]
+    exported = CliRunner().invoke(app, [*export_args, "--card", str(card)])
+    assert exported.exit_code == 0, exported.output
+    weights = torch.load(tmp_path / "c.pt", weights_only=True)
     assert weights["dense_weight"] == 0.1
     assert weights["training_data"] == {"pixel_mm": [2.0], "geometry": "mirror"}
+    text = card.read_text()
+    assert "'geometry': 'mirror'" in text and "evidence-map loss weight 0.1" in text
+    assert "| 0 | 1.000 |" in text
     with pytest.raises(InputError, match="needs a bank folder"):
         train_classifier(PhantomBank(), tmp_path / "other", steps=1, selection=BankSelection())
 
