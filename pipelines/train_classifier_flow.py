@@ -93,7 +93,7 @@ def train_classifier_flow(
         "workers": workers,
         "crop": crop,
         "dense_weight": dense_weight,
-        "selection": BankSelection(tuple(pixel_mm) if pixel_mm else None, geometry),
+        "selection": BankSelection.from_options(pixel_mm, geometry),
     }
     summaries = [
         train_classifier_chunk(bank_dir, run_dir, target, settings)

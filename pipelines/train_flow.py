@@ -97,7 +97,7 @@ def train_prior_flow(
         "workers": workers,
         "init_from": init_from,
         "snr_weight_cap": snr_weight_cap,
-        "selection": BankSelection(tuple(pixel_mm) if pixel_mm else None, geometry),
+        "selection": BankSelection.from_options(pixel_mm, geometry),
         "attention": attention,
     }
     summaries = []

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.commands.train import GeometryOption, PixelSizesOption, bank_selection
+from services.commands.train import GeometryOption, PixelSizesOption
 from services.recon.anomaly import (
     METHODS,
     RESEARCH_USE_ONLY,
@@ -30,6 +30,7 @@ from services.recon.anomaly import (
 )
 from services.recon.classifier_training import DENSE_WEIGHT
 from services.recon.errors import InputError
+from services.recon.training import BankSelection, StepLog, stop_on_signals
 
 MethodOption = Annotated[str, typer.Option(help=f"one of {', '.join(METHODS)}")]
 PriorOption = Annotated[Path | None, typer.Option("--weights", help="prior weights file")]
@@ -161,7 +162,6 @@ def train_classifier_command(
     """Train the noise-aware healthy-vs-lesion classifier, resuming the run if it exists."""
     from services.commands.recon import progress_bar
     from services.recon.classifier_training import train_classifier
-    from services.recon.training import StepLog, stop_on_signals
 
     with (
         stop_on_signals(),
@@ -185,7 +185,7 @@ def train_classifier_command(
             crop=crop or None,
             on_step=show,
             dense_weight=dense_weight,
-            selection=bank_selection(pixel_mm, geometry),
+            selection=BankSelection.from_options(pixel_mm, geometry),
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""
     typer.echo(f"run {run} at step {result.step}/{steps}{speed}; checkpoint {result.checkpoint}")

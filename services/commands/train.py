@@ -41,11 +41,6 @@ GeometryOption = Annotated[
 ]
 
 
-def bank_selection(pixel_mm: list[float] | None, geometry: str) -> BankSelection:
-    """The training slices the ``--pixel-mm`` and ``--geometry`` options ask for."""
-    return BankSelection(tuple(pixel_mm) if pixel_mm else None, geometry)
-
-
 def parse_seeds(spec: str) -> list[int]:
     """``"0-15"`` -> 0..15, ``"1,4,9"`` -> [1, 4, 9]; ranges and lists may be mixed."""
     seeds: list[int] = []
@@ -136,7 +131,7 @@ def train_prior_command(
             on_step=show,
             init_from=init_from,
             snr_weight_cap=snr_weight_cap,
-            selection=bank_selection(pixel_mm, geometry),
+            selection=BankSelection.from_options(pixel_mm, geometry),
             attention=attention,
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""

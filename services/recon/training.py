@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -72,6 +72,11 @@ class BankSelection:
 
     pixel_mm: tuple[float, ...] | None = None
     geometry: str = "dihedral"
+
+    @classmethod
+    def from_options(cls, pixel_mm: Sequence[float] | None, geometry: str) -> BankSelection:
+        """From the ``--pixel-mm`` (repeatable, may be empty) and ``--geometry`` options."""
+        return cls(tuple(pixel_mm) if pixel_mm else None, geometry)
 
     def to_dict(self) -> dict[str, Any]:
         return {
