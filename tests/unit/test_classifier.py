@@ -28,7 +28,7 @@ from services.recon.classifier_training import (
 from services.recon.data.lesions import TRAINING_FAMILY
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
-from services.recon.training import latest_checkpoint
+from services.recon.training import BankSelection, latest_checkpoint
 from tests.unit.test_lesions import head_phantom
 
 TINY = ClassifierConfig(channels=(8, 16), norm_groups=4, time_embedding_dim=16)
@@ -157,23 +157,29 @@ def test_exported_weights_load_and_match(tmp_path: Path) -> None:
         torch.testing.assert_close(loaded.model(x, t), reference(x, t))
 
 
-def test_cli_passes_bank_selection_and_dense_weight_and_export_records_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from typer.testing import CliRunner
-
-    from services.cli import app
+@pytest.fixture
+def selections(monkeypatch: pytest.MonkeyPatch) -> list[BankSelection | None]:
+    """Bank folders open as phantoms, with the tiny network; returns the selections asked for."""
     from services.recon import classifier_training, training
-    from services.recon.training import BankSelection
 
-    selections: list[BankSelection | None] = []
+    asked: list[BankSelection | None] = []
 
     def open_phantoms(_: Path, selection: BankSelection | None) -> PhantomBank:
-        selections.append(selection)
+        asked.append(selection)
         return PhantomBank()
 
     monkeypatch.setattr(training, "open_bank", open_phantoms)
     monkeypatch.setattr(classifier_training, "DEFAULT_CONFIG", TINY)
+    return asked
+
+
+def test_cli_passes_bank_selection_and_dense_weight_and_export_records_them(
+    tmp_path: Path, selections: list[BankSelection | None]
+) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
     bank, run = tmp_path / "bank", tmp_path / "run"
     bank.mkdir()
     args = ["train", "classifier", "--bank", str(bank), "--run", str(run), "--steps", "1"]
@@ -242,22 +248,12 @@ def test_short_training_learns_to_tell_lesions_at_low_noise(tmp_path: Path) -> N
 
 
 def test_flow_trains_in_chunks_with_the_cli_options_and_exports(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, selections: list[BankSelection | None]
 ) -> None:
     import logging
 
     from pipelines import train_classifier_flow as flow_module
-    from services.recon import classifier_training, training
-    from services.recon.training import BankSelection
 
-    selections: list[BankSelection | None] = []
-
-    def open_phantoms(_: Path, selection: BankSelection | None) -> PhantomBank:
-        selections.append(selection)
-        return PhantomBank()
-
-    monkeypatch.setattr(training, "open_bank", open_phantoms)
-    monkeypatch.setattr(classifier_training, "DEFAULT_CONFIG", TINY)
     monkeypatch.setattr(flow_module, "create_table_artifact", lambda **_: None)
     monkeypatch.setattr(flow_module, "get_run_logger", lambda: logging.getLogger("test"))
     for task_name in ("train_classifier_chunk", "export_classifier_task"):
