@@ -233,7 +233,7 @@ def export_classifier_command(
         "u^2), u uniform (every level, low noise more often); cosine schedule (T = 1000); loss: "
         "image cross-entropy + class-balanced cross-entropy of the evidence map against the "
         "lesion masks",
-        f"- last checkpoint's training options: {_recorded_training(exported.path)}",
+        f"- last checkpoint's training options: {loaded.training}",
         "- validation = validation split + training-family lesions; evaluation = evaluation split "
         "+ held-out lesion family (never trained on)",
     ]
@@ -245,16 +245,6 @@ def export_classifier_command(
     temporary.write_text(text)
     temporary.replace(card)
     typer.echo(text)
-
-
-def _recorded_training(weights: Path) -> str:
-    """Slice selection and evidence-map loss weight recorded in exported classifier weights."""
-    import torch
-
-    payload = torch.load(weights, map_location="cpu", weights_only=True)
-    selection = payload.get("training_data") or "not recorded (every slice, dihedral)"
-    dense = payload.get("dense_weight", "not recorded (1.0)")
-    return f"slices {selection}, evidence-map loss weight {dense}"
 
 
 def print_rows(rows: list[Any], title: str) -> None:

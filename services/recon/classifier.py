@@ -166,6 +166,8 @@ class LoadedClassifier:
     name: str
     path: Path
     step: int
+    training: str = "not recorded"
+    """The run's last slice selection and evidence-map loss weight, as the file records them."""
 
 
 def load_classifier(
@@ -206,4 +208,12 @@ def load_classifier(
         name=str(payload.get("name") or weights_path.stem),
         path=weights_path,
         step=int(payload.get("step", 0)),
+        training=recorded_training(payload),
     )
+
+
+def recorded_training(payload: dict[str, Any]) -> str:
+    """Slice selection and evidence-map loss weight recorded in classifier weights."""
+    selection = payload.get("training_data") or "not recorded (every slice, dihedral)"
+    dense = payload.get("dense_weight", "not recorded (1.0)")
+    return f"slices {selection}, evidence-map loss weight {dense}"
