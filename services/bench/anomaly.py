@@ -4,7 +4,11 @@ Protocol (issue 4, design.md):
 
 - cases: every slice of a split that can hold a lesion, once lesion-free and once with one
   painted lesion (:mod:`services.recon.data.lesions`). Validation slices get lesions of the
-  training family and choose every default; evaluation slices get the held-out family only;
+  training family and choose every default; evaluation slices get the held-out family only.
+  The validation templates are group averages without acquisition noise, unlike every image a
+  site sends (and the real scans of the evaluation split), so validation cases are "acquired":
+  the magnitude of simulated fully sampled k-space at the benches' SNR
+  (:data:`VALIDATION_ACQUISITION_SNR`, the same noise for the lesion-free and lesion version);
 - inputs: the fully sampled magnitude, and (``--recon-slices``) the magnitude of a 4x diffusion
   reconstruction of simulated single-coil k-space of the same image;
 - methods: classifier-guided DDIM (``guided``), the same without guidance (``unguided``, its own
@@ -60,6 +64,7 @@ RECON_ACCELERATION = 4.0
 RECON_MASK = "random1d"
 RECON_CENTER_FRACTION = 0.08
 RECON_SNR = 40.0
+VALIDATION_ACQUISITION_SNR = RECON_SNR
 L_GRID = (100, 200, 300, 400, 500, 600)
 S_GRID = (10.0, 30.0, 100.0, 300.0, 1000.0)
 SMOOTHING_GRID = (0.0, 1.0, 2.0, 3.0, 4.0)
@@ -85,15 +90,20 @@ def build_cases(split: str, max_slices: int | None = None) -> list[Case]:
     cases: list[Case] = []
     for index, item in enumerate(load_split(split)):  # type: ignore[arg-type]
         image = np.asarray(item.image, dtype=np.float32)
+        seed = LESION_SEED[split] + index
         try:
-            lesioned = insert_lesion(image, LESION_SEED[split] + index, family)
+            lesioned = insert_lesion(image, seed, family)
         except InputError:
             continue
+        healthy_image, lesion_image = image, lesioned.image.astype(np.float32)
+        if split == "validation":
+            healthy_image = acquired(healthy_image, VALIDATION_ACQUISITION_SNR, seed)
+            lesion_image = acquired(lesion_image, VALIDATION_ACQUISITION_SNR, seed)
         cases.append(
             Case(
                 reference=item,
-                healthy_image=image,
-                lesion_image=lesioned.image.astype(np.float32),
+                healthy_image=healthy_image,
+                lesion_image=lesion_image,
                 lesion_mask=lesioned.lesion_mask,
                 head=metrics.foreground_mask(lesioned.image),
                 size=size_category(float(lesioned.lesion_mask.sum()), image.shape),
@@ -104,6 +114,12 @@ def build_cases(split: str, max_slices: int | None = None) -> list[Case]:
     if not cases:
         raise InputError(f"no {split} slice could hold a lesion")
     return cases
+
+
+def acquired(image: np.ndarray, snr: float, seed: int) -> np.ndarray:
+    """Magnitude of fully sampled single-coil k-space simulated from ``image`` (Rician noise)."""
+    kspace = physics.simulate_kspace(image, snr=snr, seed=seed)
+    return np.abs(physics.ifft2c(kspace)).astype(np.float32)
 
 
 def undersampled_reconstruction(
@@ -377,8 +393,9 @@ def save_defaults(
             entry["classifier_sha256"] = classifier.sha256
         methods[name] = entry
     payload: dict[str, Any] = {
-        "chosen_on": "validation split with training-family lesions; score = in-head pixel "
-        "AUROC + mean Otsu Dice (maps in units of the input's 99th percentile)",
+        "chosen_on": "validation split with training-family lesions, acquired at SNR "
+        f"{VALIDATION_ACQUISITION_SNR:g}; score = in-head pixel AUROC + mean Otsu Dice (maps "
+        "in units of the input's 99th percentile)",
         "methods": methods,
         "research_use_only": "research use only, not for diagnosis",
     }

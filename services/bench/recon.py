@@ -250,6 +250,27 @@ def method_options(
     return ReconOptions(method=name)
 
 
+def with_overrides(
+    options: ReconOptions,
+    warm_start: int | None = None,
+    steps: int | None = None,
+    start_step: int | None = None,
+    samples: int | None = None,
+) -> ReconOptions:
+    """``options`` with the validation knobs of :func:`bench_recon` applied where they apply."""
+    if options.method != "diffusion":
+        return options
+    if warm_start is not None and options.warm_start is not None:
+        options = replace(options, warm_start=warm_start)
+    if steps is not None and not options.full_schedule:
+        options = replace(options, steps=steps)
+    if start_step is not None:
+        options = replace(options, start_step=start_step)
+    if samples is not None:
+        options = replace(options, samples=samples)
+    return options
+
+
 def bench_recon(
     engine: ReconEngine,
     methods: Sequence[str],
@@ -261,12 +282,14 @@ def bench_recon(
     warm_start: int | None = None,
     steps: int | None = None,
     start_step: int | None = None,
+    samples: int | None = None,
 ) -> list[BenchRow]:
     """Score ``methods`` on a split in every setting, overall and real scans only.
 
     ``split="validation"`` is for choosing settings (``warm_start`` overrides the warm-start
     step of the warm variants, ``steps`` the coarse steps of the respaced variants,
-    ``start_step`` the cold-start timestep of every diffusion variant); reported
+    ``start_step`` the cold-start timestep and ``samples`` the number of samples of every
+    diffusion variant); reported
     numbers come from the evaluation split.
     """
     evaluation = load_split(split)
@@ -280,13 +303,9 @@ def bench_recon(
             subset = (
                 acquisitions[:full_schedule_slices] if name == "diffusion-full" else acquisitions
             )
-            options = method_options(name, setting, lambdas)
-            if warm_start is not None and options.warm_start is not None:
-                options = replace(options, warm_start=warm_start)
-            if steps is not None and options.method == "diffusion" and not options.full_schedule:
-                options = replace(options, steps=steps)
-            if start_step is not None and options.method == "diffusion":
-                options = replace(options, start_step=start_step)
+            options = with_overrides(
+                method_options(name, setting, lambdas), warm_start, steps, start_step, samples
+            )
             scores = run_method(engine, subset, options, on_slice)
             rows.append(BenchRow(setting.key, name, "all", scores.summary()))
             if any(scores.real_scan) and not all(scores.real_scan):

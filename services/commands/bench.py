@@ -108,6 +108,9 @@ def bench_recon(
     start_step: Annotated[
         int | None, typer.Option(help="override the cold-start timestep of diffusion variants")
     ] = None,
+    samples: Annotated[
+        int | None, typer.Option(min=1, help="override the samples of diffusion variants")
+    ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="prior weights (default: the shipped prior)")
     ] = None,
@@ -136,6 +139,7 @@ def bench_recon(
             warm_start=warm_start,
             steps=steps,
             start_step=start_step,
+            samples=samples,
         )
     print_rows(rows, f"mrdiff bench recon ({split} split, single-coil simulated k-space)")
     typer.echo(f"peak RSS: {recon_bench.peak_rss_mb():.0f} MB")
@@ -157,6 +161,8 @@ def bench_speed(
     """Seconds per slice of the diffusion sampler: 128 and 256 single-coil, 128 8-coil."""
     import torch
 
+    from services.recon.precision import precision_name
+
     cases = [c for c in speed_bench.SPEED_CASES if full_schedule or not c.full_schedule]
     engine = ReconEngine(prior_path=weights)
     options = ReconOptions(samples=samples)
@@ -166,7 +172,7 @@ def bench_speed(
     table = Table(
         title=f"mrdiff bench speed (diffusion, {samples} samples, "
         f"{options.steps}+{options.refine_steps} steps, "
-        f"{torch.get_num_threads()} torch threads)"
+        f"{torch.get_num_threads()} torch threads, {precision_name(engine.prior.device)})"
     )
     for column in ("case", "slices", "median s/slice", "min s", "max s", "peak RSS MB"):
         table.add_column(column, justify="right")

@@ -46,6 +46,7 @@ from services.recon.classifier import (
 from services.recon.diffusion import CLEAN, DiffusionSchedule, space_timesteps, step_pairs
 from services.recon.errors import InputError
 from services.recon.metrics import foreground_mask
+from services.recon.precision import bf16_autocast
 from services.recon.prior import LoadedPrior
 from services.recon.unet import crop_to, pad_to_multiple
 
@@ -320,16 +321,12 @@ class AnomalyDetector:
             unguided = magnitude_of(ddim_decode(eps_model, prior.schedule, x_t, timesteps))
         return Decoded(healthy, unguided)
 
-    def _autocast(self, device: torch.device) -> torch.autocast:
-        enabled = self.config.bf16 and device.type in ("cpu", "cuda")
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
     def _eps_model(self) -> EpsModel:
         assert self.prior is not None
         model = self.prior.model
 
         def eps(x: Tensor, t: Tensor) -> Tensor:
-            with self._autocast(x.device):
+            with bf16_autocast(x.device, self.config.bf16):
                 out = model(x.contiguous(memory_format=torch.channels_last), t)
             return out.float()
 
@@ -343,7 +340,7 @@ class AnomalyDetector:
         def grad_log_healthy(x: Tensor, t: int) -> Tensor:
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
-                with self._autocast(x.device):
+                with bf16_autocast(x.device, self.config.bf16):
                     log_p = log_prob_healthy(classifier, x_in, _timestep_batch(t, x))
                 (gradient,) = torch.autograd.grad(log_p.sum(), x_in)
             return scale * gradient.float()

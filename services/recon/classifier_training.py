@@ -40,6 +40,7 @@ from services.recon.data.lesions import TRAINING_FAMILY, LesionFamily, insert_le
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
 from services.recon.metrics import auroc
+from services.recon.precision import bf16_autocast
 from services.recon.prior import RESEARCH_USE_ONLY
 from services.recon.training import (
     TRAINING_DATA_KEY,
@@ -49,7 +50,6 @@ from services.recon.training import (
     TrainResult,
     TrainSettings,
     TrainState,
-    _autocast,
     _step_generator,
     drain_run,
     iter_steps,
@@ -186,7 +186,7 @@ def classifier_loss(
     :func:`dense_evidence_loss`.
     """
     x_t = schedule.q_sample(x0, t, noise).contiguous(memory_format=torch.channels_last)
-    with _autocast(x0.device, bf16):
+    with bf16_autocast(x0.device, bf16):
         evidence = model.evidence(x_t, t)
     evidence = evidence.float()
     logits = model.pool(evidence)
@@ -480,7 +480,7 @@ def accuracy_by_noise_level(
             noise = torch.randn(x0.shape, generator=generator).to(device)
             tt = torch.full((len(x0),), t, dtype=torch.long, device=device)
             x_t = schedule.q_sample(x0, tt, noise).contiguous(memory_format=torch.channels_last)
-            with _autocast(device, bf16):
+            with bf16_autocast(device, bf16):
                 logits.append(model.lesion_logit(x_t, tt).float().cpu())
         scores = torch.cat(logits)
         accuracy = float(((scores > 0).long() == labels).float().mean())

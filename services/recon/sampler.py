@@ -31,10 +31,9 @@ zero-filled image = 1) and back, so outputs are in the units of the zero-filled 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +44,7 @@ from services.recon import physics
 from services.recon.diffusion import CLEAN, DiffusionSchedule, space_timesteps, step_pairs
 from services.recon.errors import InputError
 from services.recon.noise import added_noise_std, data_weight, estimate_noise_std
+from services.recon.precision import bf16_autocast
 from services.recon.prior import LoadedPrior, p99_scale
 from services.recon.unet import crop_to, pad_to_multiple
 
@@ -292,12 +292,6 @@ def to_channels(z: Tensor) -> Tensor:
     return torch.stack([z.real, z.imag], dim=1)
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if not enabled or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def prior_eps_function(prior: LoadedPrior, bf16: bool = True) -> EpsFunction:
     """The prior's noise prediction, padding H, W to the network's multiple and cropping back."""
     multiple = prior.config.size_multiple
@@ -306,7 +300,7 @@ def prior_eps_function(prior: LoadedPrior, bf16: bool = True) -> EpsFunction:
         padded, offset = pad_to_multiple(x, multiple)
         padded = padded.contiguous(memory_format=torch.channels_last)
         steps = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        with _autocast(x.device, bf16):
+        with bf16_autocast(x.device, bf16):
             eps = prior.model(padded, steps)
         return crop_to(eps.float(), offset, (x.shape[-2], x.shape[-1]))
 

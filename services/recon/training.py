@@ -41,6 +41,7 @@ from services.recon.init_weights import (
     recorded_init_sha256,
     start_from,
 )
+from services.recon.precision import bf16_autocast
 from services.recon.prior import (
     INTENSITY_CONVENTION,
     RESEARCH_USE_ONLY,
@@ -200,14 +201,6 @@ def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if not enabled:
-        return contextlib.nullcontext()
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def loss_weights(schedule: DiffusionSchedule, t: Tensor, cap: float) -> Tensor:
     """Per-sample weights ``clamp((1 - abar_t) / abar_t, 1, cap)`` of the noise-prediction MSE.
 
@@ -234,7 +227,7 @@ def diffusion_loss(
     """Mean squared error of the noise prediction, in float32: the "simple" loss of Ho et al.
     (2020), optionally weighted toward high noise levels (:func:`loss_weights`)."""
     x_t = schedule.q_sample(x0, t, noise).contiguous(memory_format=torch.channels_last)
-    with _autocast(x0.device, bf16):
+    with bf16_autocast(x0.device, bf16):
         predicted = model(x_t, t)
     if snr_weight_cap <= 1:
         return F.mse_loss(predicted.float(), noise)

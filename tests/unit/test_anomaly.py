@@ -426,3 +426,33 @@ def test_tuning_scores_both_references_of_one_guided_run(
     again = lesion_only_score(cases, rerun, "guided", inputs)
     assert again["auroc_head"] == pytest.approx(result.auroc_head, abs=1e-6)
     assert again["dice_otsu"] == pytest.approx(result.dice_otsu, abs=1e-6)
+
+
+def test_acquired_validation_images_carry_noise_at_the_stated_snr() -> None:
+    from services.bench.anomaly import acquired
+
+    image = head_phantom(64).astype(np.float32)
+    head = foreground_mask(image)
+    noisy = acquired(image, snr=40.0, seed=5)
+    assert noisy.shape == image.shape and noisy.dtype == np.float32
+    np.testing.assert_array_equal(noisy, acquired(image, snr=40.0, seed=5))
+    background = ~foreground_mask(image) & (image == 0)
+    sigma = float(image[head].mean()) / 40.0
+    # Rician background: E[m^2] = 2 sigma^2 for a complex Gaussian of std sigma per channel.
+    assert np.sqrt(np.mean(noisy[background] ** 2) / 2) == pytest.approx(sigma, rel=0.1)
+    lesioned = insert_lesion(image, 3)
+    noisy_lesion = acquired(lesioned.image.astype(np.float32), snr=40.0, seed=5)
+    outside = ~lesioned.lesion_mask & head
+    # The same acquisition noise on both versions: away from the lesion they nearly agree.
+    assert np.median(np.abs(noisy_lesion - noisy)[outside]) < 0.2 * sigma
+
+
+def test_validation_cases_are_acquired_and_evaluation_scans_are_not() -> None:
+    from services.bench.anomaly import build_cases
+
+    validation = build_cases("validation", max_slices=1)[0]
+    template = validation.reference.image
+    residual = validation.healthy_image - template
+    assert 0 < np.std(residual[~validation.head]) < 0.1 * float(np.percentile(template, 99))
+    evaluation = build_cases("evaluation", max_slices=1)[0]
+    np.testing.assert_array_equal(evaluation.healthy_image, evaluation.reference.image)
