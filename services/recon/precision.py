@@ -2,8 +2,8 @@
 
 With channels_last, bf16 autocast made the UNet about 5x faster than float32 on a CPU with
 AVX512-BF16 (design.md). A CPU without AVX512-BF16 or AMX has no bf16 arithmetic: PyTorch
-converts every operand and the same forward pass is about 2x *slower* than float32 (measured on
-a Xeon with AVX512 but no AVX512-BF16, BENCHMARKS.md "Session 9"). So a caller's ``bf16=True``
+converts every operand and the same forward pass is about 1.6x *slower* than float32 (measured
+on a Xeon with AVX512 but no AVX512-BF16, BENCHMARKS.md "Session 9"). So a caller's ``bf16=True``
 means "bf16 allowed", and :func:`bf16_autocast` uses it only where it is native.
 """
 
@@ -42,5 +42,5 @@ def bf16_autocast(
 
 
 def precision_name(device: torch.device, allowed: bool = True) -> str:
-    """ "bf16" or "float32": what :func:`bf16_autocast` runs with on ``device``."""
+    """What :func:`bf16_autocast` runs with on ``device``: "bf16" or "float32"."""
     return "bf16" if allowed and native_bf16(device.type) else "float32"

@@ -723,8 +723,9 @@ def train_prior(
     """Train (or continue training) the prior in ``run_dir`` up to ``steps`` total steps.
 
     ``bank_dir`` is a slice-bank folder or any Dataset of float32 (2, H, W) tensors. Device is
-    CUDA when available, else CPU with bf16 autocast and channels_last. ``on_step`` sees each
-    :class:`StepLog` (progress bars, flows). ``init_from``: a prior weights file a new run
+    CUDA when available, else CPU with channels_last; bf16 autocast where it is native
+    (:mod:`services.recon.precision`). ``on_step`` sees each :class:`StepLog` (progress bars,
+    flows). ``init_from``: a prior weights file a new run
     starts from (fine-tuning; :mod:`services.recon.init_weights`). ``snr_weight_cap`` > 1
     weights the loss toward high noise levels (:func:`loss_weights`). ``selection`` picks and
     augments the bank's slices (:class:`BankSelection`; only for a bank folder). ``attention``:
