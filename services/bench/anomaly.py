@@ -278,6 +278,8 @@ class TuningResult:
     tried: int
     best_by_reference: dict[str, float] = field(default_factory=dict)
     """The best selection score each map reference reached (guided scores two)."""
+    best_by_guidance: dict[str, tuple[float, AnomalyConfig]] = field(default_factory=dict)
+    """The best selection score and knobs of each guidance target searched (guided only)."""
 
 
 def selection_score(row: dict[str, float]) -> float:
@@ -296,23 +298,26 @@ def tune_method(
     smoothings: Sequence[float] = SMOOTHING_GRID,
     batch: int = 8,
     on_batch: Callable[[int], None] | None = None,
+    guidances: Sequence[str] = ("slice",),
 ) -> TuningResult:
-    """Grid search of (L, s, reference, smoothing) for ``method`` on validation lesion cases."""
-    grid: list[tuple[int, float]]
+    """Grid search of (guidance target, L, s, reference, smoothing) for ``method`` on validation
+    lesion cases."""
+    grid: list[tuple[str, int, float]]
     if method == "guided":
-        grid = list(itertools.product(noise_levels, scales))
+        grid = list(itertools.product(guidances, noise_levels, scales))
     elif method == "unguided":
-        grid = [(level, 0.0) for level in noise_levels]
+        grid = [(base.guidance, level, 0.0) for level in noise_levels]
     else:
-        grid = [(base.noise_level, 0.0)]
+        grid = [(base.guidance, base.noise_level, 0.0)]
     inputs = [c.lesion_image for c in cases]
     heads = [c.head for c in cases]
     best: tuple[float, AnomalyConfig, dict[str, float]] | None = None
     by_reference: dict[str, float] = {}
+    by_guidance: dict[str, tuple[float, AnomalyConfig]] = {}
     tried = 0
     # Guided runs decode without guidance too, so one run scores both references.
     reference = "unguided" if method == "guided" else "input"
-    for level, scale in grid:
+    for guidance, level, scale in grid:
         config = replace(
             base,
             method=method,
@@ -320,6 +325,7 @@ def tune_method(
             scale=scale,
             smoothing_px=0.0,
             reference=reference,
+            guidance=guidance,
         )
         results = run_detector(AnomalyDetector(prior, classifier, config), inputs, batch, on_batch)
         raw_maps = {"input": [np.abs(x - r.healthy) for x, r in zip(inputs, results, strict=True)]}
@@ -331,11 +337,14 @@ def tune_method(
             tried += 1
             value = selection_score(row)
             by_reference[reference_name] = max(by_reference.get(reference_name, value), value)
+            chosen = replace(config, smoothing_px=smoothing, reference=reference_name)
+            if method == "guided" and value > by_guidance.get(guidance, (-np.inf,))[0]:
+                by_guidance[guidance] = (value, chosen)
             if best is None or value > best[0]:
-                chosen = replace(config, smoothing_px=smoothing, reference=reference_name)
                 best = (value, chosen, row)
     assert best is not None
-    return TuningResult(best[1], best[2]["auroc_head"], best[2]["dice_otsu"], tried, by_reference)
+    auroc, dice = best[2]["auroc_head"], best[2]["dice_otsu"]
+    return TuningResult(best[1], auroc, dice, tried, by_reference, by_guidance)
 
 
 def lesion_only_score(
@@ -366,7 +375,7 @@ def save_defaults(
     Methods not in ``chosen`` keep what an earlier tuning stored; ``grid`` (L and s values
     searched) is recorded per method.
     """
-    searched = {"L": list(L_GRID), "s": list(S_GRID), **(grid or {})}
+    searched = {"L": list(L_GRID), "s": list(S_GRID), "guidance": ["slice"], **(grid or {})}
     searched["smoothing_px"] = list(SMOOTHING_GRID)
     methods: dict[str, Any] = dict(load_defaults(path).get("methods", {}))
     for name, result in chosen.items():
@@ -381,11 +390,24 @@ def save_defaults(
             "smoothing_px": searched["smoothing_px"],
             "reference": list(REFERENCES) if name == "guided" else ["input"],
         }
+        if name == "guided":
+            entry["grid"]["guidance"] = searched["guidance"]
         entry["validation_auroc_head"] = round(result.auroc_head, 4)
         entry["validation_dice_otsu"] = round(result.dice_otsu, 4)
         if len(result.best_by_reference) > 1:
             entry["validation_score_by_reference"] = {
                 name: round(value, 4) for name, value in result.best_by_reference.items()
+            }
+        if len(result.best_by_guidance) > 1:
+            entry["validation_by_guidance"] = {
+                target: {
+                    "noise_level": config.noise_level,
+                    "scale": config.scale,
+                    "smoothing_px": config.smoothing_px,
+                    "reference": config.reference,
+                    "validation_score": round(value, 4),
+                }
+                for target, (value, config) in result.best_by_guidance.items()
             }
         if name != "zscore" and prior is not None:
             entry["prior_sha256"] = prior.sha256

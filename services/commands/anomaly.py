@@ -19,6 +19,7 @@ from rich.table import Table
 
 from services.commands.train import GeometryOption, PixelSizesOption
 from services.recon.anomaly import (
+    GUIDANCE_TARGETS,
     METHODS,
     RESEARCH_USE_ONLY,
     AnomalyConfig,
@@ -47,18 +48,20 @@ def build_detector(
     smoothing: float | None = None,
     seed: int = 0,
     reference: str | None = None,
+    guidance: str | None = None,
 ) -> AnomalyDetector:
     """A detector with the validation-chosen defaults, overridden where a knob is given."""
     from services.recon.classifier import load_classifier
     from services.recon.prior import load_prior
 
-    config = default_config(method, seed=seed)
+    config = default_config(method, seed=seed, guidance=guidance)
     overrides: dict[str, Any] = {
         "noise_level": noise_level,
         "scale": scale,
         "steps": steps,
         "smoothing_px": smoothing,
         "reference": reference,
+        "guidance": guidance,
     }
     config = AnomalyConfig(
         **{**config.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
@@ -102,6 +105,13 @@ def anomaly(
             "decoding (default: chosen on validation)"
         ),
     ] = None,
+    guidance: Annotated[
+        str | None,
+        typer.Option(
+            help="guided only: make the slice's pooled logit healthy, or every location of the "
+            "classifier's evidence map (slice or location; default: chosen on validation)"
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed recorded with the output")] = 0,
     weights: PriorOption = None,
     classifier: ClassifierOption = None,
@@ -121,7 +131,7 @@ def anomaly(
             f"{input_path} holds k-space; reconstruct it first (mrdiff reconstruct --anomaly)"
         )
     detector = build_detector(
-        method, weights, classifier, noise_level, scale, steps, smoothing, seed, reference
+        method, weights, classifier, noise_level, scale, steps, smoothing, seed, reference, guidance
     )
     started = time.perf_counter()
     results: list[AnomalyResult] = []
@@ -286,6 +296,9 @@ def tune_anomaly_command(
     scales: Annotated[
         str | None, typer.Option(help="comma-separated s grid for guided (default: module's)")
     ] = None,
+    guidance: Annotated[
+        str, typer.Option(help="comma-separated guidance targets for guided: slice, location")
+    ] = "slice",
 ) -> None:
     """Choose L, s and smoothing on the VALIDATION split (training-family lesions); store them."""
     from services.bench import anomaly as bench
@@ -298,22 +311,36 @@ def tune_anomaly_command(
     loaded = load_classifier(classifier) if "guided" in chosen_methods else None
     level_grid = _grid(levels, bench.L_GRID, int)
     scale_grid = _grid(scales, bench.S_GRID, float)
+    guidance_grid = _grid(guidance, GUIDANCE_TARGETS, str)
+    unknown = sorted(set(guidance_grid) - set(GUIDANCE_TARGETS))
+    if unknown:
+        raise InputError(f"unknown guidance target {unknown[0]!r}; choose slice or location")
     chosen: dict[str, bench.TuningResult] = {}
     for method in chosen_methods:
         base = AnomalyConfig(method=method, steps=steps)
         result = bench.tune_method(
-            prior, loaded, method, cases, base, level_grid, scale_grid, batch=batch
+            prior,
+            loaded,
+            method,
+            cases,
+            base,
+            level_grid,
+            scale_grid,
+            batch=batch,
+            guidances=guidance_grid,
         )
         chosen[method] = result
         typer.echo(
-            f"{method}: L={result.config.noise_level} s={result.config.scale} "
+            f"{method}: guidance={result.config.guidance} "
+            f"L={result.config.noise_level} s={result.config.scale} "
             f"smoothing={result.config.smoothing_px} (validation AUROC {result.auroc_head:.3f}, "
             f"Dice {result.dice_otsu:.3f}, {result.tried} settings)"
         )
         if len(result.best_by_reference) > 1:
             scores = ", ".join(f"{k} {v:.3f}" for k, v in result.best_by_reference.items())
             typer.echo(f"  best AUROC + Dice by map reference: {scores}")
-    bench.save_defaults(chosen, prior, loaded, grid={"L": level_grid, "s": scale_grid})
+    searched = {"L": level_grid, "s": scale_grid, "guidance": guidance_grid}
+    bench.save_defaults(chosen, prior, loaded, grid=searched)
     typer.echo(f"stored in {bench.DEFAULTS_FILE}")
 
 
@@ -334,7 +361,8 @@ def bench_anomaly_command(
     methods: Annotated[
         str,
         typer.Option(
-            help="methods; guided@input or guided@unguided fixes the guided map's reference"
+            help="methods; guided@input or guided@unguided fixes the guided map's reference, "
+            "guided:slice or guided:location its guidance target"
         ),
     ] = "guided,unguided,zscore",
     max_slices: Annotated[int | None, typer.Option(help="evaluation slices (default all)")] = None,
@@ -371,9 +399,15 @@ def bench_anomaly_command(
 
 
 def _bench_detector(name: str, weights: Path | None, classifier: Path | None) -> AnomalyDetector:
-    """``method`` or ``method@reference`` -> a detector with validation-chosen knobs."""
-    method, _, reference = name.partition("@")
-    return build_detector(method, weights, classifier, reference=reference or None)
+    """``method[:guidance][@reference]`` -> a detector with validation-chosen knobs.
+
+    ``guided:location`` takes the knobs validation chose for that guidance target.
+    """
+    method_and_guidance, _, reference = name.partition("@")
+    method, _, guidance = method_and_guidance.partition(":")
+    return build_detector(
+        method, weights, classifier, reference=reference or None, guidance=guidance or None
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,12 @@ With ``reference="unguided"`` the map is ``|unguided - healthy|`` instead: the s
 decoded once without and once with guidance, so what the prior cannot reproduce of an image it
 has not seen (its own reconstruction error) cancels and only the classifier's change remains.
 
+What guidance makes healthy (``guidance``): ``"slice"`` follows the slice's pooled lesion logit
+(Wolleb et al.'s image-level classifier); ``"location"`` follows every cell of the classifier's
+lesion-evidence map at once (``sum_c log p(cell c healthy)``), so each region that looks
+lesioned is pulled in proportion to its own evidence rather than through the few cells that
+dominate the pooled logit.
+
 Three methods share one interface (:class:`AnomalyDetector`):
 
 - ``guided``: the method above;
@@ -41,6 +47,7 @@ from torch import Tensor
 from services.recon.classifier import (
     LoadedClassifier,
     log_prob_healthy,
+    log_prob_healthy_everywhere,
     prior_input_from_magnitude,
 )
 from services.recon.diffusion import CLEAN, DiffusionSchedule, space_timesteps, step_pairs
@@ -53,6 +60,8 @@ from services.recon.unet import crop_to, pad_to_multiple
 METHODS = ("guided", "unguided", "zscore")
 REFERENCES = ("input", "unguided")
 """What the healthy version is compared with: the input (Wolleb et al.) or its unguided decoding."""
+GUIDANCE_TARGETS = ("slice", "location")
+"""What guidance makes healthy: the slice's pooled logit, or every location of the evidence map."""
 RESEARCH_USE_ONLY = "research use only, not for diagnosis"
 DEFAULTS_FILE = Path(__file__).resolve().parent / "weights" / "anomaly_defaults.json"
 """Knobs chosen on the validation split by ``mrdiff bench tune-anomaly``."""
@@ -72,6 +81,7 @@ class AnomalyConfig:
     scale: float = 100.0
     smoothing_px: float = 1.0
     reference: str = "input"
+    guidance: str = "slice"
     seed: int = 0
     bf16: bool = True
 
@@ -93,6 +103,10 @@ class AnomalyConfig:
             raise InputError(
                 f"unknown anomaly reference {self.reference!r}; choose {', '.join(REFERENCES)}"
             )
+        if self.guidance not in GUIDANCE_TARGETS:
+            raise InputError(
+                f"unknown guidance target {self.guidance!r}; choose {', '.join(GUIDANCE_TARGETS)}"
+            )
         if self.reference == "unguided" and self.method != "guided":
             raise InputError("reference 'unguided' is only for the guided method")
         return self
@@ -107,10 +121,17 @@ def load_defaults(path: Path = DEFAULTS_FILE) -> dict[str, Any]:
 
 
 def default_config(
-    method: str = "guided", seed: int = 0, path: Path = DEFAULTS_FILE
+    method: str = "guided", seed: int = 0, path: Path = DEFAULTS_FILE, guidance: str | None = None
 ) -> AnomalyConfig:
-    """``method``'s knobs as chosen on validation (built-in values before any tuning)."""
+    """``method``'s knobs as chosen on validation (built-in values before any tuning).
+
+    With ``guidance``, the guided knobs validation chose for that guidance target (the best of
+    its settings, even when the other target won), where the tuning searched it.
+    """
     chosen = load_defaults(path).get("methods", {}).get(method, {})
+    if guidance is not None and guidance != chosen.get("guidance", guidance):
+        by_target = chosen.get("validation_by_guidance", {})
+        chosen = {**by_target.get(guidance, {}), "guidance": guidance}
     known = {f.name for f in fields(AnomalyConfig)} - {"method", "seed"}
     values = {key: value for key, value in chosen.items() if key in known}
     return replace(AnomalyConfig(method=method), **values, method=method, seed=seed).validated()
@@ -252,6 +273,8 @@ class AnomalyDetector:
             attrs.update(anomaly_L=cfg.noise_level, anomaly_steps=cfg.steps)
             attrs.update(anomaly_s=cfg.scale if cfg.method == "guided" else 0.0)
             attrs.update(anomaly_reference=cfg.reference)
+        if cfg.method == "guided":
+            attrs.update(anomaly_guidance=cfg.guidance)
         if self.prior is not None and cfg.method != "zscore":
             attrs.update(prior_model=self.prior.name, prior_sha256=self.prior.sha256)
         if self.classifier is not None and cfg.method == "guided":
@@ -336,12 +359,15 @@ class AnomalyDetector:
         assert self.classifier is not None
         classifier = self.classifier.model
         scale = self.config.scale
+        log_prob = {"slice": log_prob_healthy, "location": log_prob_healthy_everywhere}[
+            self.config.guidance
+        ]
 
         def grad_log_healthy(x: Tensor, t: int) -> Tensor:
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
                 with bf16_autocast(x.device, self.config.bf16):
-                    log_p = log_prob_healthy(classifier, x_in, _timestep_batch(t, x))
+                    log_p = log_prob(classifier, x_in, _timestep_batch(t, x))
                 (gradient,) = torch.autograd.grad(log_p.sum(), x_in)
             return scale * gradient.float()
 

@@ -146,6 +146,17 @@ def log_prob_healthy(classifier: NoiseAwareClassifier, x: Tensor, t: Tensor) -> 
     return F.logsigmoid(-classifier.lesion_logit(x, t))
 
 
+def log_prob_healthy_everywhere(classifier: NoiseAwareClassifier, x: Tensor, t: Tensor) -> Tensor:
+    """``sum_c log p(location c healthy | x_t, t)`` per image, shape ``(B,)``.
+
+    Each cell of the evidence map is a per-location classifier (training supervises it with the
+    lesion masks); taken as independent, their product is "every location is healthy". Its
+    gradient is the sum of every cell's pull weighted by that cell's lesion probability, where
+    the pooled slice logit pulls mostly at its few highest cells.
+    """
+    return F.logsigmoid(-classifier.evidence(x, t).float()).flatten(1).sum(dim=1)
+
+
 # --- weights -------------------------------------------------------------------------------
 
 WEIGHTS_FORMAT = "mrdiff-classifier"

@@ -379,6 +379,23 @@ def test_tuned_defaults_round_trip_through_the_defaults_file(
     assert default_config("guided", path=path) == AnomalyConfig()
 
 
+def test_each_guidance_target_keeps_its_own_validation_knobs(tmp_path: Path) -> None:
+    from services.bench.anomaly import TuningResult, save_defaults
+    from services.recon.anomaly import default_config
+
+    path = tmp_path / "anomaly_defaults.json"
+    slice_best = AnomalyConfig(noise_level=500, scale=30.0, smoothing_px=1.0)
+    location_best = AnomalyConfig(
+        noise_level=300, scale=3.0, smoothing_px=2.0, guidance="location", reference="unguided"
+    )
+    by_guidance = {"slice": (1.30, slice_best), "location": (1.29, location_best)}
+    result = TuningResult(slice_best, 0.88, 0.42, 4, {}, by_guidance)
+    save_defaults({"guided": result}, None, None, path, {"guidance": ["slice", "location"]})
+    assert default_config("guided", path=path) == slice_best
+    assert default_config("guided", path=path, guidance="slice") == slice_best
+    assert default_config("guided", path=path, guidance="location") == location_best
+
+
 def test_unguided_reference_leaves_only_what_guidance_changed(
     tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
 ) -> None:
@@ -398,6 +415,25 @@ def test_unguided_reference_leaves_only_what_guidance_changed(
         detector(tiny_prior, tiny_classifier, method="unguided", reference="unguided")
     with pytest.raises(InputError, match="unknown anomaly reference"):
         detector(tiny_prior, tiny_classifier, reference="mean")
+
+
+def test_location_guidance_changes_the_decoding_and_is_recorded(
+    tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    image = head_phantom(32) * 40.0
+    knobs: dict[str, object] = {"smoothing_px": 0.0, "bf16": False, "reference": "unguided"}
+    zero = detector(tiny_prior, tiny_classifier, scale=0.0, guidance="location", **knobs)
+    assert not zero.detect(image).anomaly_map.any()
+    by_target = {
+        target: detector(tiny_prior, tiny_classifier, scale=500.0, guidance=target, **knobs)
+        for target in ("slice", "location")
+    }
+    maps = {target: d.detect(image).anomaly_map for target, d in by_target.items()}
+    assert maps["location"].max() > 0
+    assert not np.allclose(maps["location"], maps["slice"])
+    assert by_target["location"].attributes()["anomaly_guidance"] == "location"
+    with pytest.raises(InputError, match="unknown guidance target"):
+        detector(tiny_prior, tiny_classifier, guidance="pixel")
 
 
 def test_tuning_scores_both_references_of_one_guided_run(

@@ -14,6 +14,7 @@ from services.recon.classifier import (
     NoiseAwareClassifier,
     load_classifier,
     log_prob_healthy,
+    log_prob_healthy_everywhere,
     prior_input_from_magnitude,
 )
 from services.recon.classifier_training import (
@@ -81,6 +82,17 @@ def test_pooling_lies_between_mean_and_max_evidence() -> None:
     assert torch.all(pooled <= evidence.max(1).values + 1e-5)
     expected = torch.nn.functional.logsigmoid(-pooled)
     torch.testing.assert_close(log_prob_healthy(model, x, t), expected)
+
+
+def test_everywhere_healthy_is_the_sum_over_locations_and_at_most_the_likeliest_cell() -> None:
+    torch.manual_seed(2)
+    model = NoiseAwareClassifier(TINY).eval()
+    x, t = torch.randn(2, 2, 32, 32), torch.tensor([5, 500])
+    with torch.no_grad():
+        cells = torch.nn.functional.logsigmoid(-model.evidence(x, t)).flatten(1)
+        everywhere = log_prob_healthy_everywhere(model, x, t)
+    torch.testing.assert_close(everywhere, cells.sum(1))
+    assert torch.all(everywhere <= cells.max(1).values + 1e-6)
 
 
 def test_prior_input_is_zero_phase_with_unit_99th_percentile() -> None:
