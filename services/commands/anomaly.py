@@ -314,7 +314,8 @@ def tune_anomaly_command(
     guidance_grid = _grid(guidance, GUIDANCE_TARGETS, str)
     unknown = sorted(set(guidance_grid) - set(GUIDANCE_TARGETS))
     if unknown:
-        raise InputError(f"unknown guidance target {unknown[0]!r}; choose slice or location")
+        choices = ", ".join(GUIDANCE_TARGETS)
+        raise InputError(f"unknown guidance target {unknown[0]!r}; choose {choices}")
     chosen: dict[str, bench.TuningResult] = {}
     for method in chosen_methods:
         base = AnomalyConfig(method=method, steps=steps)
