@@ -22,6 +22,9 @@ def build_bank_command(
     size: Annotated[int, typer.Option(help="matrix size (square)")] = 128,
     workers: Annotated[int, typer.Option(help="processes (1-2 on a shared machine)")] = 2,
     shard_size: Annotated[int, typer.Option(help="slices per shard file")] = 1000,
+    folds: Annotated[
+        float, typer.Option(help="chance a tissue-map slice gets cortical sulci (0-1)")
+    ] = 0.0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bank")] = False,
 ) -> None:
     """Synthesize a bank of complex head slices from the training templates."""
@@ -40,6 +43,7 @@ def build_bank_command(
         size,
         workers=workers,
         shard_size=shard_size,
+        fold_probability=folds,
         overwrite=overwrite,
         progress=report,
     )

@@ -57,13 +57,24 @@ DATA_CODE_FILES = (
     "bank.py",
     "contrast.py",
     "fields.py",
+    "folds.py",
     "sampling.py",
     "splits.py",
     "synthesis.py",
     "templates.py",
 )
 """The modules whose code decides what a bank contains (hashed into the manifest)."""
-SLICE_FIELDS = ("index", "shard", "recipe", "sources", "orientation", "contrast", "pixel_mm", "snr")
+SLICE_FIELDS = (
+    "index",
+    "shard",
+    "recipe",
+    "sources",
+    "orientation",
+    "contrast",
+    "pixel_mm",
+    "snr",
+    "folded",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +88,7 @@ class ShardTask:
     size: int
     pixel_mm_choices: tuple[float, ...]
     pixel_mm_weights: tuple[float, ...]
+    fold_probability: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +116,7 @@ def _build_shard(task: ShardTask) -> list[dict[str, Any]]:
         index = task.first_index + offset
         rng = slice_generator(task.seed, index)
         pixel_mm = task.pixel_mm_choices[int(rng.choice(len(weights), p=weights))]
-        made = synthesize_head_slice_with_info(rng, task.size, pixel_mm)
+        made = synthesize_head_slice_with_info(rng, task.size, pixel_mm, task.fold_probability)
         images[offset] = as_channels(made.image)
         rows.append(
             {
@@ -116,6 +128,7 @@ def _build_shard(task: ShardTask) -> list[dict[str, Any]]:
                 "contrast": made.contrast,
                 "pixel_mm": made.pixel_mm,
                 "snr": round(made.snr, 2),
+                "folded": int(made.folded),
             }
         )
     write_shard(task.path, images)
@@ -199,6 +212,7 @@ def build_bank(
     shard_size: int = 1000,
     pixel_mm_choices: tuple[float, ...] = DEFAULT_PIXEL_MM,
     pixel_mm_weights: tuple[float, ...] = DEFAULT_PIXEL_MM_WEIGHTS,
+    fold_probability: float = 0.0,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> BankSummary:
@@ -206,12 +220,16 @@ def build_bank(
 
     ``workers`` processes (1-2 on these machines) build shards of ``shard_size`` slices; the
     result is identical for any number of workers. ``progress(done, n)`` is called per shard.
+    ``fold_probability`` is the chance that a tissue-map slice gets cortical sulci
+    (:mod:`services.recon.data.folds`).
     """
     out = Path(out_dir)
     if n < 1 or size < 8 or shard_size < 1 or workers < 1:
         raise InputError(f"need n >= 1, size >= 8, shard_size >= 1, workers >= 1; got {n}, {size}")
     if len(pixel_mm_choices) != len(pixel_mm_weights) or min(pixel_mm_weights) < 0:
         raise InputError("pixel_mm_choices and pixel_mm_weights must pair up, weights >= 0")
+    if not 0.0 <= fold_probability <= 1.0:
+        raise InputError(f"fold_probability must be in [0, 1], got {fold_probability}")
     version = code_version()  # of the code that makes the slices, read before it runs
     with staged_bank(out, overwrite) as staging:
         started = time.perf_counter()
@@ -224,6 +242,7 @@ def build_bank(
                 size=size,
                 pixel_mm_choices=tuple(float(p) for p in pixel_mm_choices),
                 pixel_mm_weights=tuple(float(w) for w in pixel_mm_weights),
+                fold_probability=float(fold_probability),
             )
             for k, first in enumerate(range(0, n, shard_size))
         ]
@@ -311,7 +330,10 @@ def _manifest(
     return {
         **manifest_header(len(rows), seed, size),
         "seeding": "slice i: numpy.random.default_rng([seed, i]) draws pixel size, then "
-        "services.recon.data.synthesis.synthesize_head_slice_with_info(rng, size, pixel_mm)",
+        "services.recon.data.synthesis.synthesize_head_slice_with_info(rng, size, pixel_mm, "
+        "fold_probability)",
+        "fold_probability": tasks[0].fold_probability,
+        "folded_count": sum(int(row["folded"]) for row in rows),
         "pixel_mm_choices": list(tasks[0].pixel_mm_choices),
         "pixel_mm_weights": list(tasks[0].pixel_mm_weights),
         "pixel_mm_counts": dict(Counter(str(row["pixel_mm"]) for row in rows)),

@@ -33,6 +33,7 @@ from services.recon.data.contrast import (
     sharpen_probabilities,
 )
 from services.recon.data.fields import bias_field, coarse_grid_field, smooth_phase, texture_field
+from services.recon.data.folds import with_cortical_folds
 from services.recon.data.sampling import (
     Orientation,
     SlicePlane,
@@ -103,6 +104,7 @@ class SynthesizedSlice(NamedTuple):
     contrast: str
     pixel_mm: float
     snr: float
+    folded: bool = False
 
 
 def recipe_weights(pixel_mm: float) -> np.ndarray:
@@ -203,14 +205,24 @@ def elastic_displacement(rng: np.random.Generator, plane: SlicePlane) -> np.ndar
 
 
 def render_magnitude(
-    recipe: Recipe, points: np.ndarray, contrast: TissueContrast, rng: np.random.Generator
+    recipe: Recipe,
+    points: np.ndarray,
+    contrast: TissueContrast,
+    rng: np.random.Generator,
+    fold_pixel_mm: float | None = None,
 ) -> np.ndarray:
-    """Noise-free magnitude (H, W) of ``recipe`` at ``points`` with ``contrast``."""
+    """Noise-free magnitude (H, W) of ``recipe`` at ``points`` with ``contrast``.
+
+    ``fold_pixel_mm`` (the pixel size) carves sulci into a tissue recipe's cortex
+    (:mod:`services.recon.data.folds`); ``None`` leaves the templates' cortex as it is.
+    """
     shape = points.shape[:2]
     if recipe.mode == "tissue":
         gamma = rng.uniform(1.5, 3.5) if recipe.sources[0] == "spm_tpm" else rng.uniform(1.0, 2.0)
         raw = tissue_probabilities(recipe, points)
         probabilities = sharpen_probabilities(raw, gamma)
+        if fold_pixel_mm is not None:
+            probabilities = with_cortical_folds(probabilities, rng, fold_pixel_mm)
         return render_tissues(probabilities, contrast, rng, bone_core=skull_core(raw))
     template = load_source(recipe.sources[0])
     values = sample_trilinear(template, points, extend_inferior=True)
@@ -261,19 +273,31 @@ def with_smooth_phase(magnitude: np.ndarray, rng: np.random.Generator) -> np.nda
 
 
 def synthesize_head_slice_with_info(
-    rng: np.random.Generator, size: int = 128, pixel_mm: float = 2.0
+    rng: np.random.Generator,
+    size: int = 128,
+    pixel_mm: float = 2.0,
+    fold_probability: float = 0.0,
 ) -> SynthesizedSlice:
-    """One synthetic complex head slice (complex64, size x size) and how it was made."""
+    """One synthetic complex head slice (complex64, size x size) and how it was made.
+
+    With ``fold_probability`` > 0 a tissue-map slice gets cortical sulci with that
+    probability; at 0 no extra random numbers are drawn, so older banks stay reproducible.
+    """
     if size < 8 or not 0.25 <= pixel_mm <= 8.0:
         raise InputError(f"need size >= 8 and 0.25 <= pixel_mm <= 8, got {size}, {pixel_mm}")
+    if not 0.0 <= fold_probability <= 1.0:
+        raise InputError(f"fold_probability must be in [0, 1], got {fold_probability}")
     recipe = RECIPES[int(rng.choice(len(RECIPES), p=recipe_weights(pixel_mm)))]
+    folded = fold_probability > 0.0 and recipe.mode == "tissue" and rng.uniform() < fold_probability
     orientation = ORIENTATIONS[int(rng.choice(len(ORIENTATIONS), p=ORIENTATION_PROBABILITIES))]
     contrast = random_tissue_contrast(rng)
     magnitude = np.zeros((size, size), dtype=np.float32)
     for _attempt in range(8):
         plane = random_plane(rng, orientation, size, pixel_mm)
         points = plane_world_points(plane, elastic_displacement(rng, plane))
-        magnitude = render_magnitude(recipe, points, contrast, rng) * coil_coverage(rng, points)
+        magnitude = render_magnitude(
+            recipe, points, contrast, rng, pixel_mm if folded else None
+        ) * coil_coverage(rng, points)
         if head_fraction(magnitude) >= MIN_HEAD_FRACTION:
             break
     shape = (size, size)
@@ -294,6 +318,7 @@ def synthesize_head_slice_with_info(
         contrast=contrast.family,
         pixel_mm=float(pixel_mm),
         snr=snr,
+        folded=folded,
     )
 
 
