@@ -289,9 +289,13 @@ def test_unconditional_samples_depend_only_on_their_seed(
 @pytest.mark.slow
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="needs the shipped prior weights")
 def test_region_whose_signal_was_removed_from_the_measurement_is_more_uncertain() -> None:
-    """Drop the 3 coils (of 8) that see one side of the head: the k-space content of that side
-    is mostly gone, so the samples must disagree more there than elsewhere in the head; with all
-    8 coils the same region is no more uncertain than the rest (the control)."""
+    """Keep 5 of 8 coils and make them blind to the side of the head the 3 dropped coils saw
+    (their maps faded to zero there): that region's k-space content is gone from the
+    measurement, so the samples must disagree more there than in the rest of the head; with
+    all 8 coils the same region is no more uncertain than the rest (the control).
+
+    (Dropping the coils alone is not enough: the kept birdcage maps' tails still see that side,
+    and with noise-free data SENSE recovers it; session 12, BENCHMARKS.md.)"""
     torch.set_num_threads(2)
     prior = load_prior()
     image = template_slices()[4].astype(np.float64)
@@ -301,6 +305,7 @@ def test_region_whose_signal_was_removed_from_the_measurement_is_more_uncertain(
     head = foreground_mask(image)
     coverage = (np.abs(kept) ** 2).sum(axis=0)
     weak = head & (coverage <= np.quantile(coverage[head], 0.2))
+    blind_there = 1.0 - np.clip(1.5 * ndimage.gaussian_filter(weak.astype(np.float64), 2.0), 0, 1)
     mask = make_mask("random1d", (size, size), 4.0, 0.08, seed=0)
 
     def weak_to_rest_variance(coil_maps: np.ndarray) -> float:
@@ -309,8 +314,8 @@ def test_region_whose_signal_was_removed_from_the_measurement_is_more_uncertain(
         assert result.variance is not None
         return float(result.variance[weak].mean() / result.variance[head & ~weak].mean())
 
-    dropped, control = weak_to_rest_variance(kept), weak_to_rest_variance(maps)
-    assert dropped > 1.1 and dropped > control, (dropped, control)
+    removed, control = weak_to_rest_variance(kept * blind_there), weak_to_rest_variance(maps)
+    assert removed > 2.0 and control < 1.1, (removed, control)
 
 
 def test_inference_mode_does_not_leak_to_the_caller_between_steps(

@@ -9,6 +9,8 @@ through a random monotone or inverting remap; a smooth multiplicative bias field
 low-order phase; complex Gaussian noise (Rician magnitude) at a random SNR; and scaling so the
 99th percentile of the magnitude is 1. Brain-only templates get the head (CSF, skull with its
 marrow, scalp, air) from SPM's tissue probability maps, so the prior sees whole heads.
+Optionally (``fold_probability``), tissue-map slices get synthetic cortical sulci
+(:mod:`services.recon.data.folds`).
 
 Everything is a function of the ``numpy.random.Generator`` passed in: same seed, same slice.
 """
