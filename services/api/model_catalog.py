@@ -29,8 +29,8 @@ class ModelFile(NamedTuple):
 
 
 ROLES = ("prior", "classifier")
-"""The weights the workers load. Other files beside them (``prior_latest.pt``, the training
-run's newest weights) are not served."""
+"""The weights the workers load. Other files beside them (say, a training run's newer weights
+kept there for comparison) are not served."""
 
 
 def configured_weights(

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from services.recon.data.folds import check_fold_probability
 from services.recon.data.splits import SOURCE_TABLE, TRAINING_SOURCES
 from services.recon.data.synthesis import RECIPES, synthesize_head_slice_with_info
 from services.recon.errors import InputError
@@ -228,8 +229,7 @@ def build_bank(
         raise InputError(f"need n >= 1, size >= 8, shard_size >= 1, workers >= 1; got {n}, {size}")
     if len(pixel_mm_choices) != len(pixel_mm_weights) or min(pixel_mm_weights) < 0:
         raise InputError("pixel_mm_choices and pixel_mm_weights must pair up, weights >= 0")
-    if not 0.0 <= fold_probability <= 1.0:
-        raise InputError(f"fold_probability must be in [0, 1], got {fold_probability}")
+    check_fold_probability(fold_probability)
     version = code_version()  # of the code that makes the slices, read before it runs
     with staged_bank(out, overwrite) as staging:
         started = time.perf_counter()

@@ -35,7 +35,7 @@ from services.recon.data.contrast import (
     sharpen_probabilities,
 )
 from services.recon.data.fields import bias_field, coarse_grid_field, smooth_phase, texture_field
-from services.recon.data.folds import with_cortical_folds
+from services.recon.data.folds import check_fold_probability, with_cortical_folds
 from services.recon.data.sampling import (
     Orientation,
     SlicePlane,
@@ -287,8 +287,7 @@ def synthesize_head_slice_with_info(
     """
     if size < 8 or not 0.25 <= pixel_mm <= 8.0:
         raise InputError(f"need size >= 8 and 0.25 <= pixel_mm <= 8, got {size}, {pixel_mm}")
-    if not 0.0 <= fold_probability <= 1.0:
-        raise InputError(f"fold_probability must be in [0, 1], got {fold_probability}")
+    check_fold_probability(fold_probability)
     recipe = RECIPES[int(rng.choice(len(RECIPES), p=recipe_weights(pixel_mm)))]
     folded = fold_probability > 0.0 and recipe.mode == "tissue" and rng.uniform() < fold_probability
     orientation = ORIENTATIONS[int(rng.choice(len(ORIENTATIONS), p=ORIENTATION_PROBABILITIES))]
