@@ -78,11 +78,14 @@ def train_classifier_flow(
     dense_weight: float = DENSE_WEIGHT,
     pixel_mm: list[float] | None = None,
     geometry: str = "dihedral",
+    init_from: str | None = None,
     export_to: str | None = None,
 ) -> list[dict[str, Any]]:
     """Train the classifier to ``steps`` total steps, one task per chunk; optionally export.
 
-    ``dense_weight``, ``pixel_mm`` and ``geometry`` are those of ``mrdiff train classifier``.
+    ``dense_weight``, ``pixel_mm``, ``geometry`` and ``init_from`` (exported classifier weights
+    a new run starts from; later chunks resume the checkpoints, which record their sha256) are
+    those of ``mrdiff train classifier``.
     """
     settings: dict[str, Any] = {
         "batch": batch,
@@ -94,6 +97,7 @@ def train_classifier_flow(
         "crop": crop,
         "dense_weight": dense_weight,
         "selection": BankSelection.from_options(pixel_mm, geometry),
+        "init_from": init_from,
     }
     summaries = [
         train_classifier_chunk(bank_dir, run_dir, target, settings)

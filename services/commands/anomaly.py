@@ -168,8 +168,16 @@ def train_classifier_command(
     ] = DENSE_WEIGHT,
     pixel_mm: PixelSizesOption = None,
     geometry: GeometryOption = "dihedral",
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="start a new run from these exported classifier weights (fine-tuning)"),
+    ] = None,
 ) -> None:
-    """Train the noise-aware healthy-vs-lesion classifier, resuming the run if it exists."""
+    """Train the noise-aware healthy-vs-lesion classifier, resuming the run if it exists.
+
+    With --init-from a new run starts from exported classifier weights (e.g. the shipped
+    services/recon/weights/classifier.pt) with a fresh optimiser at step 0.
+    """
     from services.commands.recon import progress_bar
     from services.recon.classifier_training import train_classifier
 
@@ -196,6 +204,7 @@ def train_classifier_command(
             on_step=show,
             dense_weight=dense_weight,
             selection=BankSelection.from_options(pixel_mm, geometry),
+            init_from=init_from,
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""
     typer.echo(f"run {run} at step {result.step}/{steps}{speed}; checkpoint {result.checkpoint}")

@@ -32,13 +32,16 @@ from services.recon.classifier import (
     WEIGHTS_FORMAT,
     WEIGHTS_FORMAT_VERSION,
     ClassifierConfig,
+    LoadedClassifier,
     NoiseAwareClassifier,
     classifier_to_device,
+    load_classifier,
     prior_input_from_magnitude,
 )
 from services.recon.data.lesions import TRAINING_FAMILY, LesionFamily, insert_lesion
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
+from services.recon.init_weights import INIT_KEY, check_resumed_init, init_record
 from services.recon.metrics import auroc
 from services.recon.precision import bf16_autocast
 from services.recon.prior import RESEARCH_USE_ONLY
@@ -285,6 +288,7 @@ def iter_train_classifier(
     crop: int | None = DEFAULT_CROP,
     dense_weight: float = DENSE_WEIGHT,
     training_data: dict[str, Any] | None = None,
+    init_from: str | Path | None = None,
 ) -> Iterator[StepLog]:
     """Train until ``settings.steps`` total steps, yielding a :class:`StepLog` per step.
 
@@ -295,16 +299,28 @@ def iter_train_classifier(
     whole slices (what the anomaly maps feed it; each checkpoint records the crop it used);
     without ``resume`` a run folder holding checkpoints is refused. Checkpoints also record
     ``dense_weight`` and ``training_data`` (what the dataset is, e.g.
-    :meth:`BankSelection.to_dict`), which may change on resume too.
+    :meth:`BankSelection.to_dict`), which may change on resume too. ``init_from`` starts a new
+    run from exported classifier weights (their architecture, a fresh optimiser, step 0; see
+    :mod:`services.recon.init_weights`), e.g. to fine-tune the shipped classifier on a new bank.
     """
     run = start_run(run_dir, settings, resume, threads, device, read_classifier_checkpoint)
+    init = load_classifier(init_from, device="cpu") if init_from is not None else None
+    record: dict[str, Any] | None = init_record(init) if init is not None else None
     schedule = DiffusionSchedule.cosine()
     if run.payload is not None:
+        if init is not None:
+            check_resumed_init(run.payload, init, run.path)
         saved = ClassifierConfig.from_dict(run.payload["classifier_config"])
         config = resumed_config(config, saved, "classifier config", run.path)
+        record = run.payload.get(INIT_KEY)
+    elif init is not None:
+        config = _initial_config(init, config, schedule)
     state = _ClassifierRun(config or DEFAULT_CONFIG, settings, run.device, crop)
     if run.payload is not None:
         state.load(run.payload, settings.lr)
+    elif init is not None:
+        state.model.load_state_dict(init.model.state_dict())
+        state.ema_model.load_state_dict(init.model.state_dict())
     pairs = LesionPairs(healthy, crop=crop)
     if len(pairs) == 0:
         raise InputError("training set is empty")
@@ -342,7 +358,20 @@ def iter_train_classifier(
     extra = {**state.checkpoint_extra(schedule), "dense_weight": dense_weight}
     if training_data is not None:
         extra[TRAINING_DATA_KEY] = training_data
+    if record is not None:
+        extra[INIT_KEY] = record
     yield from iter_steps(state, run.path, settings, extra, ("accuracy",), batches, loss_of)
+
+
+def _initial_config(
+    init: LoadedClassifier, config: ClassifierConfig | None, schedule: DiffusionSchedule
+) -> ClassifierConfig:
+    """The architecture of the weights a new run starts from, checked against the run's."""
+    if config is not None and config != init.config:
+        raise InputError(f"classifier config differs from the architecture of {init.path.name}")
+    if init.schedule.to_dict() != schedule.to_dict():
+        raise InputError(f"{init.path.name} was trained with another noise schedule")
+    return init.config
 
 
 def train_classifier(
@@ -365,6 +394,7 @@ def train_classifier(
     on_step: Callable[[StepLog], None] | None = None,
     dense_weight: float = DENSE_WEIGHT,
     selection: BankSelection | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train (or continue) the classifier in ``run_dir`` up to ``steps`` total steps.
 
@@ -372,8 +402,9 @@ def train_classifier(
     of float32 ``(2, H, W)`` healthy slices; ``crop`` is the training window around each lesion
     (``None``: whole slices; the network is fully convolutional and maps whole slices later).
     ``dense_weight`` weighs the evidence-map loss against the slice loss; ``selection`` picks
-    and augments the bank's slices as for the prior. Defaults to one torch thread: the prior
-    trains on the same cores.
+    and augments the bank's slices as for the prior; ``init_from`` starts a new run from
+    exported classifier weights. Defaults to one torch thread: the prior trains on the same
+    cores.
     """
     dataset, training_data = training_slices(bank, selection)
     settings = TrainSettings(
@@ -398,6 +429,7 @@ def train_classifier(
         crop,
         dense_weight,
         training_data,
+        init_from,
     )
     return drain_run(entries, run_dir, read_classifier_checkpoint, on_step)
 
@@ -420,7 +452,7 @@ def export_classifier(
         "lesion_family": TRAINING_FAMILY.name,
         "research_use_only": RESEARCH_USE_ONLY,
     }
-    for key in ("dense_weight", TRAINING_DATA_KEY):
+    for key in ("dense_weight", TRAINING_DATA_KEY, INIT_KEY):
         if key in payload:
             weights[key] = payload[key]
     return write_weights(weights, out_path)

@@ -1,4 +1,4 @@
-"""Starting a prior training run from exported weights: fine-tuning the shipped (or any) prior.
+"""Starting a training run from exported weights: fine-tuning a shipped prior or classifier.
 
 A new run started with ``init_from`` takes a weights file in the format of
 :mod:`services.recon.prior` (e.g. ``services/recon/weights/prior.pt``): the model and its EMA copy
@@ -7,13 +7,14 @@ optimiser is fresh and the step is 0. What the run was initialised from (the fil
 name and step) is stored in every checkpoint under :data:`INIT_KEY` and carried into the weights
 that :func:`services.recon.training.export_weights` writes, so a fine-tuned prior always says what
 it was fine-tuned from. A run folder that already holds checkpoints resumes them; ``init_from``
-is then accepted only when those checkpoints record the same weights.
+is then accepted only when those checkpoints record the same weights. The classifier's runs
+(:mod:`services.recon.classifier_training`) record their initial weights the same way.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -24,14 +25,27 @@ INIT_KEY = "init_from"
 """Checkpoint and weights-file field: ``{"sha256", "name", "step"}`` of the initial weights."""
 
 
+class InitialWeights(Protocol):
+    """What a run records of the weights file it started from."""
+
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def path(self) -> Path: ...
+
+
 def read_init_weights(path: str | Path) -> LoadedPrior:
     """Load the weights a run starts from (on the CPU, checked like any prior weights file)."""
     return load_prior(path, device="cpu")
 
 
-def init_record(prior: LoadedPrior) -> dict[str, Any]:
+def init_record(weights: InitialWeights) -> dict[str, Any]:
     """What a run was initialised from, as its checkpoints and exported weights record it."""
-    return {"sha256": prior.sha256, "name": prior.name, "step": prior.step}
+    return {"sha256": weights.sha256, "name": weights.name, "step": weights.step}
 
 
 def recorded_init_sha256(payload: dict[str, Any]) -> str | None:
@@ -40,7 +54,7 @@ def recorded_init_sha256(payload: dict[str, Any]) -> str | None:
     return str(record["sha256"]) if isinstance(record, dict) and "sha256" in record else None
 
 
-def check_resumed_init(payload: dict[str, Any], init: LoadedPrior, run_path: Path) -> None:
+def check_resumed_init(payload: dict[str, Any], init: InitialWeights, run_path: Path) -> None:
     """Refuse ``init_from`` on a run whose checkpoints did not start from those same weights."""
     recorded = recorded_init_sha256(payload)
     if recorded == init.sha256:

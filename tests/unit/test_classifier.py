@@ -29,7 +29,7 @@ from services.recon.classifier_training import (
 from services.recon.data.lesions import TRAINING_FAMILY
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
-from services.recon.training import BankSelection, latest_checkpoint
+from services.recon.training import BankSelection, TrainResult, latest_checkpoint
 from tests.unit.test_lesions import head_phantom
 
 TINY = ClassifierConfig(channels=(8, 16), norm_groups=4, time_embedding_dim=16)
@@ -167,6 +167,29 @@ def test_exported_weights_load_and_match(tmp_path: Path) -> None:
     x, t = torch.randn(2, 2, 32, 32), torch.tensor([3, 300])
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x, t), reference(x, t))
+
+
+def test_fine_tuning_starts_at_the_exported_weights_and_records_them(tmp_path: Path) -> None:
+    def train(run: str, steps: int, **options: object) -> TrainResult:
+        settings: dict[str, object] = dict(batch=2, threads=1, config=TINY, bf16=False, crop=None)
+        return train_classifier(PhantomBank(), tmp_path / run, steps, **{**settings, **options})  # type: ignore[arg-type]
+
+    train("base", 1)
+    shipped = load_classifier(export_classifier(tmp_path / "base", tmp_path / "c.pt").path)
+    record = {"sha256": shipped.sha256, "name": shipped.name, "step": 1}
+    assert train("tuned", 1, lr=1e-9, init_from=shipped.path).step == 1  # a new run
+    payload = read_classifier_checkpoint(latest_checkpoint(tmp_path / "tuned"))  # type: ignore[arg-type]
+    assert payload["init_from"] == record
+    for key, value in shipped.model.state_dict().items():  # one step at lr 1e-9 from them
+        torch.testing.assert_close(payload["model"][key].float(), value, rtol=0, atol=1e-6)
+    assert train("tuned", 2, init_from=shipped.path).step == 2  # the same init resumes
+    exported = export_classifier(tmp_path / "tuned", tmp_path / "tuned.pt")
+    assert torch.load(exported.path, weights_only=True)["init_from"] == record
+    with pytest.raises(InputError, match="from scratch"):
+        train("base", 2, init_from=shipped.path)
+    other = ClassifierConfig(channels=(8, 8), norm_groups=4, time_embedding_dim=16)
+    with pytest.raises(InputError, match="differs from the architecture"):
+        train("other", 1, init_from=shipped.path, config=other)
 
 
 @pytest.fixture
