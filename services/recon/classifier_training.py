@@ -42,7 +42,7 @@ from services.recon.data.lesions import TRAINING_FAMILY, LesionFamily, insert_le
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
 from services.recon.init_weights import INIT_KEY, check_resumed_init, init_record
-from services.recon.metrics import auroc
+from services.recon.metrics import auroc, foreground_mask
 from services.recon.precision import bf16_autocast
 from services.recon.prior import RESEARCH_USE_ONLY
 from services.recon.training import (
@@ -459,84 +459,110 @@ def export_classifier(
 
 
 class NoiseLevelAccuracy(NamedTuple):
-    """Classifier quality at one timestep on a labelled set."""
+    """Classifier quality at one timestep on a labelled set.
+
+    ``localisation_auroc``: pixel AUROC inside the head of the evidence map (upsampled to the
+    slice) against the lesion masks, pooled over the lesion slices: where, not whether.
+    """
 
     timestep: int
     accuracy: float
     auroc: float
+    localisation_auroc: float
     images: int
 
 
-def labelled_set(
-    magnitudes: Sequence[np.ndarray], family: LesionFamily, seed: int
-) -> tuple[Tensor, Tensor]:
+class LabelledSet(NamedTuple):
+    """Classifier inputs ``(N, 2, H, W)``, labels (1: lesion), lesion masks and heads (N, H, W)."""
+
+    images: Tensor
+    labels: Tensor
+    lesion_masks: np.ndarray
+    heads: np.ndarray
+
+
+def labelled_set(magnitudes: Sequence[np.ndarray], family: LesionFamily, seed: int) -> LabelledSet:
     """Each slice healthy and with one lesion (seed ``seed + i``), as classifier inputs."""
     images: list[Tensor] = []
     labels: list[int] = []
+    masks: list[np.ndarray] = []
+    heads: list[np.ndarray] = []
     for i, magnitude in enumerate(magnitudes):
         try:
-            lesioned = insert_lesion(magnitude, seed + i, family).image
+            lesioned = insert_lesion(magnitude, seed + i, family)
         except InputError:
             continue
-        for image, label in ((magnitude, 0), (lesioned, 1)):
+        head = foreground_mask(lesioned.image)
+        pair = ((magnitude, 0, np.zeros_like(head)), (lesioned.image, 1, lesioned.lesion_mask))
+        for image, label, mask in pair:
             x0, _ = prior_input_from_magnitude(
                 torch.from_numpy(np.asarray(image, np.float32))[None]
             )
             images.append(x0[0])
             labels.append(label)
+            masks.append(np.asarray(mask, bool))
+            heads.append(head)
     if not images:
         raise InputError("no slice could hold a lesion")
-    return torch.stack(images), torch.tensor(labels)
+    return LabelledSet(torch.stack(images), torch.tensor(labels), np.stack(masks), np.stack(heads))
 
 
 @torch.no_grad()
 def accuracy_by_noise_level(
     model: NoiseAwareClassifier,
     schedule: DiffusionSchedule,
-    images: Tensor,
-    labels: Tensor,
+    labelled: LabelledSet,
     timesteps: Sequence[int] = ACCURACY_TIMESTEPS,
     seed: int = 0,
     batch: int = 16,
     bf16: bool = True,
 ) -> list[NoiseLevelAccuracy]:
-    """Accuracy (threshold 0) and AUROC of the lesion logit on ``images`` noised to each ``t``."""
+    """Accuracy (threshold 0) and AUROC of the lesion logit on the set noised to each ``t``,
+    and the localisation AUROC of its evidence map (:class:`NoiseLevelAccuracy`)."""
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
+    images, labels = labelled.images, labelled.labels
+    lesion = labels.numpy() == 1
     rows = []
     for t in timesteps:
-        logits = []
+        logits, evidence = [], []
         for start in range(0, len(images), batch):
             x0 = images[start : start + batch].to(device)
             noise = torch.randn(x0.shape, generator=generator).to(device)
             tt = torch.full((len(x0),), t, dtype=torch.long, device=device)
             x_t = schedule.q_sample(x0, tt, noise).contiguous(memory_format=torch.channels_last)
             with bf16_autocast(device, bf16):
-                logits.append(model.lesion_logit(x_t, tt).float().cpu())
+                cells = model.evidence(x_t, tt).float()
+            logits.append(model.pool(cells).cpu())
+            upsampled = F.interpolate(cells, size=x0.shape[-2:], mode="bilinear")
+            evidence.append(upsampled[:, 0].cpu())
         scores = torch.cat(logits)
         accuracy = float(((scores > 0).long() == labels).float().mean())
-        rows.append(
-            NoiseLevelAccuracy(t, accuracy, auroc(scores.numpy(), labels.numpy()), len(labels))
-        )
+        pixels = torch.cat(evidence).numpy()[lesion]
+        heads, masks = labelled.heads[lesion], labelled.lesion_masks[lesion]
+        localisation = auroc(pixels[heads], masks[heads]) if masks.any() else float("nan")
+        slice_auroc = auroc(scores.numpy(), labels.numpy())
+        rows.append(NoiseLevelAccuracy(t, accuracy, slice_auroc, localisation, len(labels)))
     return rows
 
 
 def classifier_card_section(
     classifier: NoiseAwareClassifier,
     schedule: DiffusionSchedule,
-    splits: dict[str, tuple[Tensor, Tensor]],
+    splits: dict[str, LabelledSet],
     title: str,
     details: Sequence[str] = (),
     timesteps: Sequence[int] = ACCURACY_TIMESTEPS,
 ) -> str:
-    """MODEL_CARD.md section: accuracy and AUROC by noise level on each labelled set."""
+    """MODEL_CARD.md section: accuracy, AUROC and localisation by noise level on each set."""
     results = {
-        name: accuracy_by_noise_level(classifier, schedule, images, labels, timesteps)
-        for name, (images, labels) in splits.items()
+        name: accuracy_by_noise_level(classifier, schedule, labelled, timesteps)
+        for name, labelled in splits.items()
     }
     names = list(results)
-    header = "| t | abar_t | " + " | ".join(f"{n} acc | {n} AUROC" for n in names) + " |"
+    columns = " | ".join(f"{n} acc | {n} AUROC | {n} localisation" for n in names)
+    header = f"| t | abar_t | {columns} |"
     lines = [
         f"## {title}",
         "",
@@ -544,17 +570,19 @@ def classifier_card_section(
         "",
         "Accuracy (threshold 0 on the lesion logit) and AUROC of healthy vs lesion on each set's",
         "slices noised to timestep t (one noise draw per slice; pairs: each slice healthy and with",
-        "one lesion). Research use only, not for diagnosis.",
+        "one lesion); localisation: pixel AUROC inside the head of the evidence map (upsampled",
+        "to the slice) against the lesion masks, over the lesion slices. Research use only, not",
+        "for diagnosis.",
         "",
         header,
-        "|" + "---|" * (2 + 2 * len(names)),
+        "|" + "---|" * (2 + 3 * len(names)),
     ]
     for row_index, t in enumerate(timesteps):
         abar = float(schedule.alpha_bars[t])
         cells = []
         for name in names:
             row = results[name][row_index]
-            cells += [f"{row.accuracy:.3f}", f"{row.auroc:.3f}"]
+            cells += [f"{row.accuracy:.3f}", f"{row.auroc:.3f}", f"{row.localisation_auroc:.3f}"]
         lines.append(f"| {t} | {abar:.3f} | " + " | ".join(cells) + " |")
     counts = ", ".join(f"{n}: {results[n][0].images} images" for n in names)
     lines += ["", f"Sets: {counts}."]

@@ -252,13 +252,35 @@ def test_bad_weights_raise_input_error(tmp_path: Path) -> None:
 
 def test_accuracy_by_noise_level_reports_every_level() -> None:
     magnitudes = [head_phantom(32) * (1 + 0.1 * i) for i in range(3)]
-    images, labels = labelled_set(magnitudes, family=TRAINING_FAMILY, seed=0)
-    assert images.shape[0] == labels.shape[0] == 6
+    labelled = labelled_set(magnitudes, family=TRAINING_FAMILY, seed=0)
+    assert labelled.images.shape[0] == labelled.labels.shape[0] == 6
+    assert labelled.lesion_masks.shape == labelled.heads.shape == (6, 32, 32)
+    assert labelled.lesion_masks[labelled.labels == 1].any(axis=(1, 2)).all()
+    assert not labelled.lesion_masks[labelled.labels == 0].any()
     rows = accuracy_by_noise_level(
-        NoiseAwareClassifier(TINY), DiffusionSchedule.cosine(), images, labels, timesteps=(0, 500)
+        NoiseAwareClassifier(TINY), DiffusionSchedule.cosine(), labelled, timesteps=(0, 500)
     )
     assert [row.timestep for row in rows] == [0, 500]
-    assert all(0.0 <= row.accuracy <= 1.0 and 0.0 <= row.auroc <= 1.0 for row in rows)
+    for row in rows:
+        assert min(row.accuracy, row.auroc, row.localisation_auroc) >= 0.0
+        assert max(row.accuracy, row.auroc, row.localisation_auroc) <= 1.0
+
+
+def test_localisation_auroc_is_one_for_evidence_exactly_at_the_lesions() -> None:
+    """An oracle whose evidence map is the lesion mask localises perfectly, at any noise level."""
+    labelled = labelled_set(
+        [head_phantom(32) * (1 + 0.1 * i) for i in range(2)], TRAINING_FAMILY, 0
+    )
+    masks = torch.from_numpy(labelled.lesion_masks).float()[:, None]
+
+    class Oracle(NoiseAwareClassifier):
+        def evidence(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return masks.to(x.dtype)  # the whole set is one batch
+
+    rows = accuracy_by_noise_level(
+        Oracle(TINY), DiffusionSchedule.cosine(), labelled, (0, 999), batch=len(masks)
+    )
+    assert [row.localisation_auroc for row in rows] == [1.0, 1.0]
 
 
 @pytest.mark.slow
@@ -276,8 +298,8 @@ def test_short_training_learns_to_tell_lesions_at_low_noise(tmp_path: Path) -> N
     assert np.mean(losses[-100:]) < np.mean(losses[:100]) - 0.02
     loaded = load_classifier(export_classifier(tmp_path / "run", tmp_path / "c.pt").path)
     magnitudes = [head_phantom(64) * (0.75 + 0.02 * i) for i in range(24)]
-    images, labels = labelled_set(magnitudes, TRAINING_FAMILY, seed=123)
-    rows = accuracy_by_noise_level(loaded.model, loaded.schedule, images, labels, (0, 999))
+    labelled = labelled_set(magnitudes, TRAINING_FAMILY, seed=123)
+    rows = accuracy_by_noise_level(loaded.model, loaded.schedule, labelled, (0, 999))
     assert rows[0].auroc > 0.65
     assert abs(rows[1].auroc - 0.5) < 0.2, "pure noise cannot be classified"
 
