@@ -221,20 +221,40 @@ def export_classifier_command(
     ] = None,
 ) -> None:
     """Write the EMA weights of the classifier run (with a .sha256) and optionally its card."""
-    from services.recon.classifier import load_classifier
-    from services.recon.classifier_training import (
-        classifier_card_section,
-        export_classifier,
-        labelled_set,
-    )
-    from services.recon.data.lesions import HELD_OUT_FAMILY, TRAINING_FAMILY
-    from services.recon.data.splits import load_split
+    from services.recon.classifier_training import export_classifier
 
     exported = export_classifier(run, out, name=name)
     typer.echo(f"wrote {exported.path} (step {exported.step}, {exported.size_bytes / 1e6:.2f} MB)")
     if card is None:
         return
-    loaded = load_classifier(exported.path)
+    text = classifier_card(exported.path)
+    card.parent.mkdir(parents=True, exist_ok=True)
+    temporary = card.with_name(f".{card.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(card)
+    typer.echo(text)
+
+
+def bench_classifier_command(
+    weights: Annotated[
+        Path | None, typer.Option(help="classifier weights file (default: the shipped one)")
+    ] = None,
+) -> None:
+    """Print the classifier's card table: slice accuracy, AUROC and localisation by noise level
+    on validation (training-family lesions) and evaluation (held-out family) slices."""
+    from services.recon.classifier import DEFAULT_WEIGHTS
+
+    typer.echo(classifier_card(weights or DEFAULT_WEIGHTS))
+
+
+def classifier_card(weights: Path) -> str:
+    """MODEL_CARD section of a classifier weights file, measured on both labelled sets."""
+    from services.recon.classifier import load_classifier
+    from services.recon.classifier_training import classifier_card_section, labelled_set
+    from services.recon.data.lesions import HELD_OUT_FAMILY, TRAINING_FAMILY
+    from services.recon.data.splits import load_split
+
+    loaded = load_classifier(weights)
     sets = {
         "validation": labelled_set(
             [s.image for s in load_split("validation")], TRAINING_FAMILY, seed=50_000
@@ -244,8 +264,8 @@ def export_classifier_command(
         ),
     }
     details = [
-        f"- weights: `{exported.path.name}`, sha256 `{exported.sha256}`, "
-        f"{exported.size_bytes / 1e6:.2f} MB, {exported.step} steps",
+        f"- weights: `{loaded.path.name}`, sha256 `{loaded.sha256}`, "
+        f"{loaded.path.stat().st_size / 1e6:.2f} MB, {loaded.step} steps",
         f"- architecture: {loaded.config.to_dict()}",
         "- trained on: slice-bank magnitudes (zero phase, p99 = 1), each slice healthy and with a "
         "training-family lesion, both noised to the same t with the same noise; t = floor(1000 "
@@ -256,14 +276,9 @@ def export_classifier_command(
         "- validation = validation split + training-family lesions; evaluation = evaluation split "
         "+ held-out lesion family (never trained on)",
     ]
-    text = classifier_card_section(
+    return classifier_card_section(
         loaded.model, loaded.schedule, sets, "Anomaly classifier (noise-aware)", details
     )
-    card.parent.mkdir(parents=True, exist_ok=True)
-    temporary = card.with_name(f".{card.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(card)
-    typer.echo(text)
 
 
 def print_rows(rows: list[Any], title: str) -> None:
@@ -421,7 +436,7 @@ def _bench_detector(name: str, weights: Path | None, classifier: Path | None) ->
 
 
 def register(app: typer.Typer) -> None:
-    """Add `anomaly`, `train classifier|export-classifier` and `bench anomaly|tune-anomaly`."""
+    """Add `anomaly`, `train classifier|export-classifier` and three `bench` commands."""
     from services.commands.bench import bench_app
     from services.commands.train import train_app
 
@@ -430,3 +445,4 @@ def register(app: typer.Typer) -> None:
     train_app.command("export-classifier")(export_classifier_command)
     bench_app.command("tune-anomaly")(tune_anomaly_command)
     bench_app.command("anomaly")(bench_anomaly_command)
+    bench_app.command("classifier")(bench_classifier_command)

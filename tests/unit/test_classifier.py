@@ -236,6 +236,26 @@ def test_cli_passes_bank_selection_and_dense_weight_and_export_records_them(
         train_classifier(PhantomBank(), tmp_path / "other", steps=1, selection=BankSelection())
 
 
+def test_bench_classifier_prints_the_card_table_of_a_weights_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app, main
+
+    train_classifier(PhantomBank(), tmp_path / "run", steps=1, batch=2, threads=1, config=TINY)
+    weights = export_classifier(tmp_path / "run", tmp_path / "c.pt").path
+    result = CliRunner().invoke(app, ["bench", "classifier", "--weights", str(weights)])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("| ")]
+    assert "evaluation localisation" in rows[0]
+    assert len(rows) == 1 + 10 and all(len(row.split("|")) == 10 for row in rows)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "classifier", "--weights", str(tmp_path / "missing.pt")])
+    message = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(message.splitlines()) == 1 and "not found" in message
+
+
 def test_bad_weights_raise_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         load_classifier(tmp_path / "missing.pt")
