@@ -495,9 +495,7 @@ def labelled_set(magnitudes: Sequence[np.ndarray], family: LesionFamily, seed: i
         head = foreground_mask(lesioned.image)
         pair = ((magnitude, 0, np.zeros_like(head)), (lesioned.image, 1, lesioned.lesion_mask))
         for image, label, mask in pair:
-            x0, _ = prior_input_from_magnitude(
-                torch.from_numpy(np.array(image, np.float32))[None]
-            )
+            x0, _ = prior_input_from_magnitude(torch.from_numpy(np.array(image, np.float32))[None])
             images.append(x0[0])
             labels.append(label)
             masks.append(np.asarray(mask, bool))
