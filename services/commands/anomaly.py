@@ -323,8 +323,20 @@ def tune_anomaly_command(
     guidance: Annotated[
         str, typer.Option(help="comma-separated guidance targets for guided: slice, location")
     ] = "slice",
+    lesion_free: Annotated[
+        bool,
+        typer.Option(
+            "--lesion-free/--lesion-only",
+            help="also map each case's lesion-free slice and add the slice AUROC of the in-head "
+            "mean map to the score (twice the time)",
+        ),
+    ] = False,
 ) -> None:
-    """Choose L, s and smoothing on the VALIDATION split (training-family lesions); store them."""
+    """Choose L, s and smoothing on the VALIDATION split (training-family lesions); store them.
+
+    The score is in-head pixel AUROC + mean Otsu Dice on the lesion slices; with --lesion-free
+    it adds how well the in-head mean map tells lesion slices from lesion-free ones.
+    """
     from services.bench import anomaly as bench
     from services.recon.classifier import load_classifier
     from services.recon.prior import load_prior
@@ -353,13 +365,17 @@ def tune_anomaly_command(
             scale_grid,
             batch=batch,
             guidances=guidance_grid,
+            lesion_free=lesion_free,
         )
         chosen[method] = result
+        separation = (
+            f", slice AUROC {result.slice_auroc:.3f}" if result.slice_auroc is not None else ""
+        )
         typer.echo(
             f"{method}: guidance={result.config.guidance} "
             f"L={result.config.noise_level} s={result.config.scale} "
             f"smoothing={result.config.smoothing_px} (validation AUROC {result.auroc_head:.3f}, "
-            f"Dice {result.dice_otsu:.3f}, {result.tried} settings)"
+            f"Dice {result.dice_otsu:.3f}{separation}, {result.tried} settings)"
         )
         if len(result.best_by_reference) > 1:
             scores = ", ".join(f"{k} {v:.3f}" for k, v in result.best_by_reference.items())

@@ -389,7 +389,7 @@ def test_each_guidance_target_keeps_its_own_validation_knobs(tmp_path: Path) -> 
         noise_level=300, scale=3.0, smoothing_px=2.0, guidance="location", reference="unguided"
     )
     by_guidance = {"slice": (1.30, slice_best), "location": (1.29, location_best)}
-    result = TuningResult(slice_best, 0.88, 0.42, 4, {}, by_guidance)
+    result = TuningResult(slice_best, 0.88, 0.42, 4, best_by_guidance=by_guidance)
     save_defaults({"guided": result}, None, None, path, {"guidance": ["slice", "location"]})
     assert default_config("guided", path=path) == slice_best
     assert default_config("guided", path=path, guidance="slice") == slice_best
@@ -439,7 +439,13 @@ def test_location_guidance_changes_the_decoding_and_is_recorded(
 def test_tuning_scores_both_references_of_one_guided_run(
     tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
 ) -> None:
-    from services.bench.anomaly import Case, lesion_only_score, run_detector, tune_method
+    from services.bench.anomaly import (
+        Case,
+        lesion_only_score,
+        run_detector,
+        slice_separation,
+        tune_method,
+    )
     from services.recon.data.splits import EvalSlice
 
     cases = []
@@ -463,6 +469,48 @@ def test_tuning_scores_both_references_of_one_guided_run(
     again = lesion_only_score(cases, rerun, "guided", inputs)
     assert again["auroc_head"] == pytest.approx(result.auroc_head, abs=1e-6)
     assert again["dice_otsu"] == pytest.approx(result.dice_otsu, abs=1e-6)
+    assert result.slice_auroc is None
+
+    counted = tune_method(
+        tiny_prior,
+        tiny_classifier,
+        "guided",
+        cases,
+        base,
+        [200],
+        [50.0],
+        [0.0, 1.0],
+        lesion_free=True,
+    )
+    assert counted.tried == 4 and counted.slice_auroc is not None
+    assert max(counted.best_by_reference.values()) == pytest.approx(
+        counted.auroc_head + counted.dice_otsu + counted.slice_auroc
+    )
+    detector = AnomalyDetector(tiny_prior, tiny_classifier, counted.config)
+    lesion = run_detector(detector, inputs)
+    healthy = run_detector(detector, [c.healthy_image for c in cases])
+    separation = slice_separation(cases, lesion, healthy, "guided")
+    assert separation == pytest.approx(counted.slice_auroc, abs=1e-6)
+
+
+def test_slice_separation_is_one_when_every_lesion_slice_maps_higher() -> None:
+    from services.bench.anomaly import Case, slice_separation
+    from services.recon.anomaly import AnomalyResult
+    from services.recon.data.splits import EvalSlice
+
+    image = head_phantom(32).astype(np.float32)
+    head = foreground_mask(image)
+    reference = EvalSlice("phantom", "phantom", 0, image, False, 2.0)
+    cases = [Case(reference, image, image, np.zeros_like(head), head, "large")] * 3
+
+    def result(level: float) -> AnomalyResult:
+        flat = np.full(image.shape, level, np.float32)
+        return AnomalyResult(flat, image, np.zeros_like(head), 0.0)
+
+    lesion = [result(0.2), result(0.3), result(0.4)]
+    healthy = [result(0.1), result(0.15), result(0.19)]
+    assert slice_separation(cases, lesion, healthy, "guided") == 1.0
+    assert slice_separation(cases, healthy, lesion, "guided") == 0.0
 
 
 def test_acquired_validation_images_carry_noise_at_the_stated_snr() -> None:
