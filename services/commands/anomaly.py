@@ -379,7 +379,7 @@ def tune_anomaly_command(
         )
         if len(result.best_by_reference) > 1:
             scores = ", ".join(f"{k} {v:.3f}" for k, v in result.best_by_reference.items())
-            typer.echo(f"  best AUROC + Dice by map reference: {scores}")
+            typer.echo(f"  best score by map reference: {scores}")
     searched = {"L": level_grid, "s": scale_grid, "guidance": guidance_grid}
     bench.save_defaults(chosen, prior, loaded, grid=searched)
     typer.echo(f"stored in {bench.DEFAULTS_FILE}")
