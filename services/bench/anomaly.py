@@ -232,13 +232,7 @@ def score(
         ),
         "seconds": float(np.mean([r.seconds for r in maps.lesion + maps.healthy])),
     }
-    slice_scores = [
-        m[c.head].mean()
-        for m, c in zip([*lesion_maps, *healthy_maps], [*cases, *cases], strict=True)
-    ]
-    row["slice_auroc"] = metrics.auroc(
-        np.array(slice_scores), np.array([1] * len(cases) + [0] * len(cases))
-    )
+    row["slice_auroc"] = slice_separation(cases, lesion_maps, healthy_maps)
     dices = np.array(
         [
             metrics.dice(r.anomaly_mask, c.lesion_mask)
@@ -291,19 +285,13 @@ def selection_score(row: dict[str, float]) -> float:
 
 
 def slice_separation(
-    cases: Sequence[Case],
-    lesion: Sequence[AnomalyResult],
-    healthy: Sequence[AnomalyResult],
-    method: str,
+    cases: Sequence[Case], lesion_maps: Sequence[np.ndarray], healthy_maps: Sequence[np.ndarray]
 ) -> float:
-    """AUROC of the in-head mean map telling each case's lesion slice from its lesion-free one."""
+    """AUROC of the in-head mean map (:func:`map_units`) telling each case's lesion slice from
+    its lesion-free one."""
     means = [
-        map_units(result, image, method)[case.head].mean()
-        for results, images in (
-            (lesion, [c.lesion_image for c in cases]),
-            (healthy, [c.healthy_image for c in cases]),
-        )
-        for result, image, case in zip(results, images, cases, strict=True)
+        m[c.head].mean()
+        for m, c in zip([*lesion_maps, *healthy_maps], [*cases, *cases], strict=True)
     ]
     return metrics.auroc(np.array(means), np.array([1] * len(cases) + [0] * len(cases)))
 
@@ -359,10 +347,10 @@ def tune_method(
             raw_maps["unguided"] = [r.anomaly_map for r in results]
         for (reference_name, raw), smoothing in itertools.product(raw_maps.items(), smoothings):
             smoothed = resmoothed(results, raw, smoothing, heads)
-            lesion, healthy = smoothed[: len(cases)], smoothed[len(cases) :]
-            row = lesion_only_score(cases, lesion, method, inputs[: len(cases)])
+            row = lesion_only_score(cases, smoothed[: len(cases)], method, inputs[: len(cases)])
             if lesion_free:
-                row["slice_auroc"] = slice_separation(cases, lesion, healthy, method)
+                maps = [map_units(r, x, method) for r, x in zip(smoothed, inputs, strict=True)]
+                row["slice_auroc"] = slice_separation(cases, maps[: len(cases)], maps[len(cases) :])
             tried += 1
             value = selection_score(row)
             by_reference[reference_name] = max(by_reference.get(reference_name, value), value)

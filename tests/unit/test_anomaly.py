@@ -442,6 +442,7 @@ def test_tuning_scores_both_references_of_one_guided_run(
     from services.bench.anomaly import (
         Case,
         lesion_only_score,
+        map_units,
         run_detector,
         slice_separation,
         tune_method,
@@ -488,14 +489,18 @@ def test_tuning_scores_both_references_of_one_guided_run(
     )
     detector = AnomalyDetector(tiny_prior, tiny_classifier, counted.config)
     lesion = run_detector(detector, inputs)
-    healthy = run_detector(detector, [c.healthy_image for c in cases])
-    separation = slice_separation(cases, lesion, healthy, "guided")
+    healthy_inputs = [c.healthy_image for c in cases]
+    healthy = run_detector(detector, healthy_inputs)
+    separation = slice_separation(
+        cases,
+        [map_units(r, x, "guided") for r, x in zip(lesion, inputs, strict=True)],
+        [map_units(r, x, "guided") for r, x in zip(healthy, healthy_inputs, strict=True)],
+    )
     assert separation == pytest.approx(counted.slice_auroc, abs=1e-6)
 
 
 def test_slice_separation_is_one_when_every_lesion_slice_maps_higher() -> None:
     from services.bench.anomaly import Case, slice_separation
-    from services.recon.anomaly import AnomalyResult
     from services.recon.data.splits import EvalSlice
 
     image = head_phantom(32).astype(np.float32)
@@ -503,14 +508,13 @@ def test_slice_separation_is_one_when_every_lesion_slice_maps_higher() -> None:
     reference = EvalSlice("phantom", "phantom", 0, image, False, 2.0)
     cases = [Case(reference, image, image, np.zeros_like(head), head, "large")] * 3
 
-    def result(level: float) -> AnomalyResult:
-        flat = np.full(image.shape, level, np.float32)
-        return AnomalyResult(flat, image, np.zeros_like(head), 0.0)
+    def flat(level: float) -> np.ndarray:
+        return np.full(image.shape, level, np.float32)
 
-    lesion = [result(0.2), result(0.3), result(0.4)]
-    healthy = [result(0.1), result(0.15), result(0.19)]
-    assert slice_separation(cases, lesion, healthy, "guided") == 1.0
-    assert slice_separation(cases, healthy, lesion, "guided") == 0.0
+    lesion = [flat(0.2), flat(0.3), flat(0.4)]
+    healthy = [flat(0.1), flat(0.15), flat(0.19)]
+    assert slice_separation(cases, lesion, healthy) == 1.0
+    assert slice_separation(cases, healthy, lesion) == 0.0
 
 
 def test_acquired_validation_images_carry_noise_at_the_stated_snr() -> None:
