@@ -41,7 +41,7 @@ from services.recon.classifier import (
 from services.recon.data.lesions import TRAINING_FAMILY, LesionFamily, insert_lesion
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
-from services.recon.init_weights import INIT_KEY, check_resumed_init, init_record
+from services.recon.init_weights import INIT_KEY, check_resumed_init, init_record, start_from
 from services.recon.metrics import auroc, foreground_mask
 from services.recon.precision import bf16_autocast
 from services.recon.prior import RESEARCH_USE_ONLY
@@ -319,8 +319,7 @@ def iter_train_classifier(
     if run.payload is not None:
         state.load(run.payload, settings.lr)
     elif init is not None:
-        state.model.load_state_dict(init.model.state_dict())
-        state.ema_model.load_state_dict(init.model.state_dict())
+        start_from(init, state.model, state.ema_model)
     pairs = LesionPairs(healthy, crop=crop)
     if len(pairs) == 0:
         raise InputError("training set is empty")

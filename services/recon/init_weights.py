@@ -36,6 +36,8 @@ class InitialWeights(Protocol):
     def step(self) -> int: ...
     @property
     def path(self) -> Path: ...
+    @property
+    def model(self) -> nn.Module: ...
 
 
 def read_init_weights(path: str | Path) -> LoadedPrior:
@@ -71,7 +73,7 @@ ADDABLE_PREFIX = "mid_attention."
 whose zero-initialised output leaves the network's function unchanged at the start."""
 
 
-def start_from(init: LoadedPrior, model: nn.Module, ema_model: nn.Module) -> None:
+def start_from(init: InitialWeights, model: nn.Module, ema_model: nn.Module) -> None:
     """Set both the model and its EMA copy to the initial weights; parameters of an added
     attention block (:data:`ADDABLE_PREFIX`) keep their fresh initialisation."""
     missing, unexpected = model.load_state_dict(init.model.state_dict(), strict=False)
