@@ -80,12 +80,13 @@ def train_classifier_flow(
     geometry: str = "dihedral",
     init_from: str | None = None,
     export_to: str | None = None,
+    appearance: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Train the classifier to ``steps`` total steps, one task per chunk; optionally export.
 
-    ``dense_weight``, ``pixel_mm``, ``geometry`` and ``init_from`` (exported classifier weights
-    a new run starts from; later chunks resume the checkpoints, which record their sha256) are
-    those of ``mrdiff train classifier``.
+    ``dense_weight``, ``pixel_mm``, ``geometry``, ``appearance`` and ``init_from`` (exported
+    classifier weights a new run starts from; later chunks resume the checkpoints, which record
+    their sha256) are those of ``mrdiff train classifier``.
     """
     settings: dict[str, Any] = {
         "batch": batch,
@@ -98,6 +99,7 @@ def train_classifier_flow(
         "dense_weight": dense_weight,
         "selection": BankSelection.from_options(pixel_mm, geometry),
         "init_from": init_from,
+        "appearance": appearance,
     }
     summaries = [
         train_classifier_chunk(bank_dir, run_dir, target, settings)

@@ -172,6 +172,10 @@ def train_classifier_command(
         Path | None,
         typer.Option(help="start a new run from these exported classifier weights (fine-tuning)"),
     ] = None,
+    appearance: Annotated[
+        float,
+        typer.Option(help="fraction of pairs given a random scanner appearance (blur, noise...)"),
+    ] = 0.0,
 ) -> None:
     """Train the noise-aware healthy-vs-lesion classifier, resuming the run if it exists.
 
@@ -205,6 +209,7 @@ def train_classifier_command(
             dense_weight=dense_weight,
             selection=BankSelection.from_options(pixel_mm, geometry),
             init_from=init_from,
+            appearance=appearance,
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""
     typer.echo(f"run {run} at step {result.step}/{steps}{speed}; checkpoint {result.checkpoint}")

@@ -224,7 +224,12 @@ def load_classifier(
 
 
 def recorded_training(payload: dict[str, Any]) -> str:
-    """Slice selection and evidence-map loss weight recorded in classifier weights."""
+    """Slice selection, evidence-map loss weight and appearance randomisation recorded in
+    classifier weights."""
     selection = payload.get("training_data") or "not recorded (every slice, dihedral)"
     dense = payload.get("dense_weight", "not recorded (1.0)")
-    return f"slices {selection}, evidence-map loss weight {dense}"
+    appearance = payload.get("appearance_probability", 0.0)
+    return (
+        f"slices {selection}, evidence-map loss weight {dense}, "
+        f"random scanner appearance on {appearance:.0%} of pairs"
+    )

@@ -38,6 +38,7 @@ from services.recon.classifier import (
     load_classifier,
     prior_input_from_magnitude,
 )
+from services.recon.data.appearance import randomise_appearance
 from services.recon.data.lesions import TRAINING_FAMILY, LesionFamily, insert_lesion
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError
@@ -69,6 +70,8 @@ DENSE_WEIGHT = 1.0
 """Weight of the evidence-map loss against the image loss (see :func:`classifier_loss`)."""
 DEFAULT_CROP = 64
 """Training window (pixels): a crop around the lesion keeps steps cheap on a shared CPU."""
+APPEARANCE_KEY = "appearance_probability"
+"""Checkpoint and weights key: how often a pair got a random scanner appearance."""
 ACCURACY_TIMESTEPS = (0, 50, 100, 200, 300, 400, 500, 600, 800, 999)
 
 
@@ -108,7 +111,8 @@ class LesionPairs(Dataset[LabelledPair]):
     Indexed by ``(slice_index, lesion_seed)``. Both images are cut to the same ``crop`` window
     around the lesion (``None``: whole slice), after scaling by the whole slice's 99th
     percentile. A slice with too little brain for a lesion gives two healthy images labelled 0,
-    so labels are always true.
+    so labels are always true. With probability ``appearance`` a pair gets one random scanner
+    appearance (:func:`services.recon.data.appearance.randomise_appearance`, both images alike).
     """
 
     def __init__(
@@ -116,10 +120,14 @@ class LesionPairs(Dataset[LabelledPair]):
         healthy: Dataset[Tensor],
         family: LesionFamily = TRAINING_FAMILY,
         crop: int | None = DEFAULT_CROP,
+        appearance: float = 0.0,
     ) -> None:
+        if not 0.0 <= appearance <= 1.0:
+            raise InputError(f"appearance probability must be in [0, 1], got {appearance}")
         self.healthy = healthy
         self.family = family
         self.crop = crop
+        self.appearance = appearance
 
     def __len__(self) -> int:
         return len(self.healthy)  # type: ignore[arg-type]
@@ -138,7 +146,10 @@ class LesionPairs(Dataset[LabelledPair]):
         except InputError:
             changed, label = magnitude, 0
             center = (rng.uniform(0, shape[0]), rng.uniform(0, shape[1]))
-        pair = torch.from_numpy(np.stack([magnitude, changed]).astype(np.float32))
+        magnitudes = np.stack([magnitude, changed])
+        if self.appearance > 0 and rng.random() < self.appearance:
+            magnitudes = randomise_appearance(magnitudes, rng)
+        pair = torch.from_numpy(magnitudes.astype(np.float32))
         x0, _ = prior_input_from_magnitude(pair)
         rows, cols = crop_window(shape, self.crop, center, rng)
         return LabelledPair(
@@ -289,6 +300,7 @@ def iter_train_classifier(
     dense_weight: float = DENSE_WEIGHT,
     training_data: dict[str, Any] | None = None,
     init_from: str | Path | None = None,
+    appearance: float = 0.0,
 ) -> Iterator[StepLog]:
     """Train until ``settings.steps`` total steps, yielding a :class:`StepLog` per step.
 
@@ -302,6 +314,8 @@ def iter_train_classifier(
     :meth:`BankSelection.to_dict`), which may change on resume too. ``init_from`` starts a new
     run from exported classifier weights (their architecture, a fresh optimiser, step 0; see
     :mod:`services.recon.init_weights`), e.g. to fine-tune the shipped classifier on a new bank.
+    ``appearance`` is :class:`LesionPairs`' probability of a random scanner appearance (recorded;
+    it may change on resume).
     """
     run = start_run(run_dir, settings, resume, threads, device, read_classifier_checkpoint)
     init = load_classifier(init_from, device="cpu") if init_from is not None else None
@@ -320,7 +334,7 @@ def iter_train_classifier(
         state.load(run.payload, settings.lr)
     elif init is not None:
         start_from(init, state.model, state.ema_model)
-    pairs = LesionPairs(healthy, crop=crop)
+    pairs = LesionPairs(healthy, crop=crop, appearance=appearance)
     if len(pairs) == 0:
         raise InputError("training set is empty")
 
@@ -354,7 +368,11 @@ def iter_train_classifier(
         accuracy = float(((logits.detach() > 0).long() == labels).float().mean())
         return loss, (f"{accuracy:.3f}",)
 
-    extra = {**state.checkpoint_extra(schedule), "dense_weight": dense_weight}
+    extra = {
+        **state.checkpoint_extra(schedule),
+        "dense_weight": dense_weight,
+        APPEARANCE_KEY: appearance,
+    }
     if training_data is not None:
         extra[TRAINING_DATA_KEY] = training_data
     if record is not None:
@@ -394,6 +412,7 @@ def train_classifier(
     dense_weight: float = DENSE_WEIGHT,
     selection: BankSelection | None = None,
     init_from: str | Path | None = None,
+    appearance: float = 0.0,
 ) -> TrainResult:
     """Train (or continue) the classifier in ``run_dir`` up to ``steps`` total steps.
 
@@ -402,7 +421,8 @@ def train_classifier(
     (``None``: whole slices; the network is fully convolutional and maps whole slices later).
     ``dense_weight`` weighs the evidence-map loss against the slice loss; ``selection`` picks
     and augments the bank's slices as for the prior; ``init_from`` starts a new run from
-    exported classifier weights. Defaults to one torch thread: the prior trains on the same
+    exported classifier weights; ``appearance`` is how often a pair gets a random scanner
+    appearance. Defaults to one torch thread: the prior trains on the same
     cores.
     """
     dataset, training_data = training_slices(bank, selection)
@@ -429,6 +449,7 @@ def train_classifier(
         dense_weight,
         training_data,
         init_from,
+        appearance,
     )
     return drain_run(entries, run_dir, read_classifier_checkpoint, on_step)
 
@@ -451,7 +472,7 @@ def export_classifier(
         "lesion_family": TRAINING_FAMILY.name,
         "research_use_only": RESEARCH_USE_ONLY,
     }
-    for key in ("dense_weight", TRAINING_DATA_KEY, INIT_KEY):
+    for key in ("dense_weight", TRAINING_DATA_KEY, INIT_KEY, APPEARANCE_KEY):
         if key in payload:
             weights[key] = payload[key]
     return write_weights(weights, out_path)

@@ -352,3 +352,24 @@ def test_flow_trains_in_chunks_with_the_cli_options_and_exports(
     assert load_classifier(out).step == 2
     assert selections == [BankSelection((2.0,), "mirror")] * 2
     assert read_classifier_checkpoint(latest_checkpoint(run))["dense_weight"] == 0.1  # type: ignore[arg-type]
+
+
+def test_random_appearance_changes_both_images_of_a_pair_alike_and_is_recorded(
+    tmp_path: Path,
+) -> None:
+    bank = PhantomBank(size=64)
+    plain = LesionPairs(bank, crop=None)[(0, 11)]
+    varied = LesionPairs(bank, crop=None, appearance=1.0)[(0, 11)]
+    again = LesionPairs(bank, crop=None, appearance=1.0)[(0, 11)]
+    torch.testing.assert_close(varied.images, again.images)
+    assert not torch.equal(varied.images, plain.images)
+    assert torch.equal(varied.masks, plain.masks) and varied.labels.tolist() == [0, 1]
+    assert torch.all(varied.images[:, 1] == 0), "zero phase"
+    never = LesionPairs(bank, crop=None, appearance=0.0)[(0, 11)]
+    torch.testing.assert_close(never.images, plain.images)
+    with pytest.raises(InputError, match="appearance probability"):
+        LesionPairs(bank, appearance=1.5)
+    run = tmp_path / "run"
+    train_classifier(PhantomBank(), run, steps=1, batch=2, config=TINY, crop=None, appearance=0.5)
+    exported = export_classifier(run, tmp_path / "c.pt")
+    assert "random scanner appearance on 50% of pairs" in load_classifier(exported.path).training
