@@ -463,10 +463,12 @@ def bench_anomaly(
     recon_slices: int = 0,
     batch: int = 8,
     on_batch: Callable[[int], None] | None = None,
+    by_source: bool = False,
 ) -> list[BenchRow]:
     """Score every detector on fully sampled cases (and 4x reconstructions of a few of them).
 
-    Rows cover all cases and the real-scan subset (left out when every case is a real scan).
+    Rows cover all cases and the real-scan subset (left out when every case is a real scan);
+    with ``by_source`` also each source volume of the split on its own.
     """
     rows: list[BenchRow] = []
     variants: list[tuple[str, Sequence[Case], list[np.ndarray], list[np.ndarray]]] = [
@@ -487,15 +489,7 @@ def bench_anomaly(
                 run_detector(detector, lesion_inputs, batch, on_batch),
                 run_detector(detector, healthy_inputs, batch, on_batch),
             )
-            all_real = all(c.reference.is_real_scan for c in chosen)
-            for subset_name, keep in (("all", None), ("real", True)):
-                selected = [
-                    i
-                    for i, c in enumerate(chosen)
-                    if keep is None or c.reference.is_real_scan == keep
-                ]
-                if not selected or (keep is not None and all_real):
-                    continue
+            for subset_name, selected in subsets(chosen, by_source):
                 row = score(
                     [chosen[i] for i in selected],
                     MethodMaps(
@@ -507,3 +501,15 @@ def bench_anomaly(
                 )
                 rows.append(BenchRow(inputs, method, subset_name, row))
     return rows
+
+
+def subsets(cases: Sequence[Case], by_source: bool = False) -> list[tuple[str, list[int]]]:
+    """Named index lists of ``cases``: all, real scans (unless all are), each source volume."""
+    named = [("all", list(range(len(cases))))]
+    real = [i for i, c in enumerate(cases) if c.reference.is_real_scan]
+    if real and len(real) < len(cases):
+        named.append(("real", real))
+    if by_source:
+        for source in dict.fromkeys(c.reference.source for c in cases):
+            named.append((source, [i for i, c in enumerate(cases) if c.reference.source == source]))
+    return named

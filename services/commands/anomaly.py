@@ -419,6 +419,7 @@ def bench_anomaly_command(
     classifier: ClassifierOption = None,
     batch: Annotated[int, typer.Option(help="slices per batch")] = 8,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write rows as JSON")] = None,
+    by_source: Annotated[bool, typer.Option(help="also a row per source volume")] = False,
 ) -> None:
     """Anomaly maps on the EVALUATION split with held-out-family lesions and lesion-free slices."""
     from services.bench import anomaly as bench
@@ -436,7 +437,7 @@ def bench_anomaly_command(
             options = ReconOptions(method="diffusion", seed=seed)
             return engine.reconstruct_slice(kspace, mask, False, options).reconstruction
 
-    rows = bench.bench_anomaly(detectors, cases, recon, recon_slices, batch)
+    rows = bench.bench_anomaly(detectors, cases, recon, recon_slices, batch, by_source=by_source)
     for method, detector in detectors.items():
         typer.echo(f"{method}: {detector.attributes()}")
     print_rows(rows, "mrdiff bench anomaly (evaluation split, held-out lesion family)")

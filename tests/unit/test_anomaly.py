@@ -545,3 +545,21 @@ def test_validation_cases_are_acquired_and_evaluation_scans_are_not() -> None:
     assert 0 < np.std(residual[~validation.head]) < 0.1 * float(np.percentile(template, 99))
     evaluation = build_cases("evaluation", max_slices=1)[0]
     np.testing.assert_array_equal(evaluation.healthy_image, evaluation.reference.image)
+
+
+def test_bench_subsets_name_all_real_scans_and_each_source() -> None:
+    from services.bench.anomaly import Case, subsets
+    from services.recon.data.splits import EvalSlice
+
+    image = head_phantom(32).astype(np.float32)
+    head = foreground_mask(image)
+
+    def case(source: str, real: bool) -> Case:
+        reference = EvalSlice(source, source, 0, image, real, 2.0)
+        return Case(reference, image, image, np.zeros_like(head), head, "large")
+
+    cases = [case("a", True), case("template", False), case("a", True), case("b", True)]
+    assert subsets(cases) == [("all", [0, 1, 2, 3]), ("real", [0, 2, 3])]
+    assert subsets(cases, by_source=True)[2:] == [("a", [0, 2]), ("template", [1]), ("b", [3])]
+    only_real = [case("a", True), case("b", True)]
+    assert [name for name, _ in subsets(only_real, by_source=True)] == ["all", "a", "b"]
