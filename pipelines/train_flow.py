@@ -79,12 +79,14 @@ def train_prior_flow(
     pixel_mm: list[float] | None = None,
     geometry: str = "dihedral",
     attention: bool = False,
+    zero_phase: bool = False,
 ) -> list[dict[str, Any]]:
     """Train the prior to ``steps`` total steps, one task per chunk of ``chunk_steps``.
 
     ``init_from``: exported prior weights a new run starts from (fine-tuning); later chunks
-    resume the checkpoints, which record those weights' sha256. ``pixel_mm`` and ``geometry``
-    select and augment the bank's slices (:class:`~services.recon.training.BankSelection`);
+    resume the checkpoints, which record those weights' sha256. ``pixel_mm``, ``geometry`` and
+    ``zero_phase`` select and augment the bank's slices
+    (:class:`~services.recon.training.BankSelection`);
     ``attention`` gives a new run the coarsest-scale attention block.
     """
     settings: dict[str, Any] = {
@@ -97,7 +99,7 @@ def train_prior_flow(
         "workers": workers,
         "init_from": init_from,
         "snr_weight_cap": snr_weight_cap,
-        "selection": BankSelection.from_options(pixel_mm, geometry),
+        "selection": BankSelection.from_options(pixel_mm, geometry, zero_phase),
         "attention": attention,
     }
     summaries = []

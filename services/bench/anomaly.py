@@ -504,12 +504,12 @@ def bench_anomaly(
 
 
 def subsets(cases: Sequence[Case], by_source: bool = False) -> list[tuple[str, list[int]]]:
-    """Named index lists of ``cases``: all, real scans (unless all are), each source volume."""
+    """Named index lists of ``cases``: all, real scans and each source volume (``by_source``),
+    each only where it is a proper subset."""
     named = [("all", list(range(len(cases))))]
     real = [i for i, c in enumerate(cases) if c.reference.is_real_scan]
-    if real and len(real) < len(cases):
-        named.append(("real", real))
+    named.append(("real", real))
     if by_source:
         for source in dict.fromkeys(c.reference.source for c in cases):
             named.append((source, [i for i, c in enumerate(cases) if c.reference.source == source]))
-    return named
+    return [named[0], *((name, kept) for name, kept in named[1:] if 0 < len(kept) < len(cases))]

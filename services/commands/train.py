@@ -83,6 +83,10 @@ def train_prior_command(
     ] = 1.0,
     pixel_mm: PixelSizesOption = None,
     geometry: GeometryOption = "dihedral",
+    zero_phase: Annotated[
+        bool,
+        typer.Option(help="train on the bank's magnitudes with zero phase (a magnitude prior)"),
+    ] = False,
     attention: Annotated[
         bool,
         typer.Option(
@@ -131,7 +135,7 @@ def train_prior_command(
             on_step=show,
             init_from=init_from,
             snr_weight_cap=snr_weight_cap,
-            selection=BankSelection.from_options(pixel_mm, geometry),
+            selection=BankSelection.from_options(pixel_mm, geometry, zero_phase),
             attention=attention,
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""

@@ -67,23 +67,47 @@ class BankSelection:
     """Which slices of a bank a prior trains on, and how they are augmented.
 
     ``pixel_mm`` keeps only slices at these pixel sizes (None: all); ``geometry`` is the
-    augmentation of :class:`services.recon.data.bank.SliceBank` (``mirror`` keeps scans upright).
-    Recorded in checkpoints and exported weights under ``training_data``.
+    augmentation of :class:`services.recon.data.bank.SliceBank` (``mirror`` keeps scans upright);
+    ``zero_phase`` replaces each complex slice by its magnitude with zero phase (a prior of
+    magnitude images, as the anomaly maps feed it). Recorded in checkpoints and exported weights
+    under ``training_data``.
     """
 
     pixel_mm: tuple[float, ...] | None = None
     geometry: str = "dihedral"
+    zero_phase: bool = False
 
     @classmethod
-    def from_options(cls, pixel_mm: Sequence[float] | None, geometry: str) -> BankSelection:
-        """From the ``--pixel-mm`` (repeatable, may be empty) and ``--geometry`` options."""
-        return cls(tuple(pixel_mm) if pixel_mm else None, geometry)
+    def from_options(
+        cls, pixel_mm: Sequence[float] | None, geometry: str, zero_phase: bool = False
+    ) -> BankSelection:
+        """From the ``--pixel-mm`` (repeatable, may be empty), ``--geometry`` and
+        ``--zero-phase`` options."""
+        return cls(tuple(pixel_mm) if pixel_mm else None, geometry, zero_phase)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        recorded: dict[str, Any] = {
             "pixel_mm": list(self.pixel_mm) if self.pixel_mm else None,
             "geometry": self.geometry,
         }
+        if self.zero_phase:
+            recorded["zero_phase"] = True
+        return recorded
+
+
+class ZeroPhase(Dataset[Tensor]):
+    """``(2, H, W)`` complex slices of ``slices`` as their magnitude with zero phase."""
+
+    def __init__(self, slices: Dataset[Tensor]) -> None:
+        self.slices = slices
+
+    def __len__(self) -> int:
+        return len(self.slices)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Tensor:
+        complex_slice = self.slices[index]
+        magnitude = torch.linalg.vector_norm(complex_slice, dim=0)
+        return torch.stack([magnitude, torch.zeros_like(magnitude)])
 
 
 @dataclass(frozen=True)
@@ -682,8 +706,8 @@ def open_bank(bank_dir: str | Path, selection: BankSelection | None = None) -> D
     selection = selection or BankSelection()
     bank: Dataset[Tensor] = SliceBank(path, geometry=selection.geometry)  # type: ignore[arg-type]
     if selection.pixel_mm:
-        return Subset(bank, indices_at_pixel_sizes(path, selection.pixel_mm))
-    return bank
+        bank = Subset(bank, indices_at_pixel_sizes(path, selection.pixel_mm))
+    return ZeroPhase(bank) if selection.zero_phase else bank
 
 
 def training_slices(

@@ -563,3 +563,4 @@ def test_bench_subsets_name_all_real_scans_and_each_source() -> None:
     assert subsets(cases, by_source=True)[2:] == [("a", [0, 2]), ("template", [1]), ("b", [3])]
     only_real = [case("a", True), case("b", True)]
     assert [name for name, _ in subsets(only_real, by_source=True)] == ["all", "a", "b"]
+    assert subsets([case("a", True)] * 3, by_source=True) == [("all", [0, 1, 2])]

@@ -169,3 +169,22 @@ def test_pickled_bank_maps_files_again_instead_of_copying(bank: Path) -> None:
     payload = pickle.dumps(dataset)
     assert len(payload) < 20_000  # no shard data inside
     torch.testing.assert_close(pickle.loads(payload)[4], dataset[4])
+
+
+def test_zero_phase_selection_gives_the_magnitudes_and_is_recorded(bank: Path) -> None:
+    from services.recon.training import BankSelection, open_bank
+
+    complex_slices = open_bank(bank, BankSelection(geometry="mirror"))
+    magnitudes = open_bank(bank, BankSelection(geometry="mirror", zero_phase=True))
+    assert len(magnitudes) == len(complex_slices)  # type: ignore[arg-type]
+    original, zero_phase = complex_slices[1], magnitudes[1]
+    magnitude = torch.linalg.vector_norm(original, dim=0)
+    # Each read draws its own left-right flip and intensity scale (mirror geometry).
+    factor = zero_phase[0].sum() / magnitude.sum()
+    assert any(
+        torch.allclose(zero_phase[0], candidate * factor, rtol=1e-4, atol=1e-5)
+        for candidate in (magnitude, magnitude.flip(-1))
+    )
+    assert torch.all(zero_phase[1] == 0) and torch.any(original[1] != 0)
+    assert BankSelection(zero_phase=True).to_dict()["zero_phase"] is True
+    assert "zero_phase" not in BankSelection().to_dict()

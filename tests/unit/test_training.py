@@ -319,6 +319,9 @@ def test_cli_trains_exports_and_samples(tmp_path: Path, monkeypatch: pytest.Monk
         train_commands.parse_seeds("3-1")
     again = runner.invoke(app, [*args, "--size", "16", "--out", str(grid)])
     assert again.exit_code != 0 and isinstance(again.exception, InputError)
+    magnitude = runner.invoke(app, ["train", "prior", *common, "--steps", "5", "--zero-phase"])
+    assert magnitude.exit_code == 0, magnitude.output
+    assert selections[-1] == BankSelection(zero_phase=True)
 
 
 def test_cli_attention_applies_to_new_runs_and_refuses_a_run_without_it(
