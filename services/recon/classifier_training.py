@@ -422,8 +422,7 @@ def train_classifier(
     ``dense_weight`` weighs the evidence-map loss against the slice loss; ``selection`` picks
     and augments the bank's slices as for the prior; ``init_from`` starts a new run from
     exported classifier weights; ``appearance`` is how often a pair gets a random scanner
-    appearance. Defaults to one torch thread: the prior trains on the same
-    cores.
+    appearance. Defaults to one torch thread: the prior trains on the same cores.
     """
     dataset, training_data = training_slices(bank, selection)
     settings = TrainSettings(
