@@ -164,6 +164,8 @@ WEIGHTS_FORMAT_VERSION = 1
 INPUT_CONVENTION = "zero-phase-magnitude-p99"
 """Trained on magnitudes with zero phase, scaled so the 99th percentile is 1 (the prior's space)."""
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "classifier.pt"
+APPEARANCE_KEY = "appearance_probability"
+"""Checkpoint and weights key: how often a training pair got a random scanner appearance."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ def recorded_training(payload: dict[str, Any]) -> str:
     classifier weights."""
     selection = payload.get("training_data") or "not recorded (every slice, dihedral)"
     dense = payload.get("dense_weight", "not recorded (1.0)")
-    appearance = payload.get("appearance_probability", 0.0)
+    appearance = payload.get(APPEARANCE_KEY, 0.0)
     return (
         f"slices {selection}, evidence-map loss weight {dense}, "
         f"random scanner appearance on {appearance:.0%} of pairs"

@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from services.recon.classifier import (
+    APPEARANCE_KEY,
     DEFAULT_WEIGHTS,
     INPUT_CONVENTION,
     WEIGHTS_FORMAT,
@@ -70,8 +71,6 @@ DENSE_WEIGHT = 1.0
 """Weight of the evidence-map loss against the image loss (see :func:`classifier_loss`)."""
 DEFAULT_CROP = 64
 """Training window (pixels): a crop around the lesion keeps steps cheap on a shared CPU."""
-APPEARANCE_KEY = "appearance_probability"
-"""Checkpoint and weights key: how often a pair got a random scanner appearance."""
 ACCURACY_TIMESTEPS = (0, 50, 100, 200, 300, 400, 500, 600, 800, 999)
 
 
