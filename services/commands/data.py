@@ -25,6 +25,9 @@ def build_bank_command(
     folds: Annotated[
         float, typer.Option(help="chance a tissue-map slice gets cortical sulci (0-1)")
     ] = 0.0,
+    atrophy: Annotated[
+        float, typer.Option(help="chance a tissue-map slice gets widened CSF spaces (0-1)")
+    ] = 0.0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bank")] = False,
 ) -> None:
     """Synthesize a bank of complex head slices from the training templates."""
@@ -44,6 +47,7 @@ def build_bank_command(
         workers=workers,
         shard_size=shard_size,
         fold_probability=folds,
+        atrophy_probability=atrophy,
         overwrite=overwrite,
         progress=report,
     )

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from services.recon.data.atrophy import check_atrophy_probability
 from services.recon.data.folds import check_fold_probability
 from services.recon.data.splits import SOURCE_TABLE, TRAINING_SOURCES
 from services.recon.data.synthesis import RECIPES, synthesize_head_slice_with_info
@@ -59,6 +60,7 @@ DATA_CODE_FILES = (
     "contrast.py",
     "fields.py",
     "folds.py",
+    "atrophy.py",
     "sampling.py",
     "splits.py",
     "synthesis.py",
@@ -75,6 +77,7 @@ SLICE_FIELDS = (
     "pixel_mm",
     "snr",
     "folded",
+    "atrophic",
 )
 
 
@@ -90,6 +93,7 @@ class ShardTask:
     pixel_mm_choices: tuple[float, ...]
     pixel_mm_weights: tuple[float, ...]
     fold_probability: float = 0.0
+    atrophy_probability: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +121,9 @@ def _build_shard(task: ShardTask) -> list[dict[str, Any]]:
         index = task.first_index + offset
         rng = slice_generator(task.seed, index)
         pixel_mm = task.pixel_mm_choices[int(rng.choice(len(weights), p=weights))]
-        made = synthesize_head_slice_with_info(rng, task.size, pixel_mm, task.fold_probability)
+        made = synthesize_head_slice_with_info(
+            rng, task.size, pixel_mm, task.fold_probability, task.atrophy_probability
+        )
         images[offset] = as_channels(made.image)
         rows.append(
             {
@@ -130,6 +136,7 @@ def _build_shard(task: ShardTask) -> list[dict[str, Any]]:
                 "pixel_mm": made.pixel_mm,
                 "snr": round(made.snr, 2),
                 "folded": int(made.folded),
+                "atrophic": int(made.atrophic),
             }
         )
     write_shard(task.path, images)
@@ -214,6 +221,7 @@ def build_bank(
     pixel_mm_choices: tuple[float, ...] = DEFAULT_PIXEL_MM,
     pixel_mm_weights: tuple[float, ...] = DEFAULT_PIXEL_MM_WEIGHTS,
     fold_probability: float = 0.0,
+    atrophy_probability: float = 0.0,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> BankSummary:
@@ -222,7 +230,8 @@ def build_bank(
     ``workers`` processes (1-2 on these machines) build shards of ``shard_size`` slices; the
     result is identical for any number of workers. ``progress(done, n)`` is called per shard.
     ``fold_probability`` is the chance that a tissue-map slice gets cortical sulci
-    (:mod:`services.recon.data.folds`).
+    (:mod:`services.recon.data.folds`), ``atrophy_probability`` the chance that it gets widened
+    CSF spaces (:mod:`services.recon.data.atrophy`).
     """
     out = Path(out_dir)
     if n < 1 or size < 8 or shard_size < 1 or workers < 1:
@@ -230,6 +239,7 @@ def build_bank(
     if len(pixel_mm_choices) != len(pixel_mm_weights) or min(pixel_mm_weights) < 0:
         raise InputError("pixel_mm_choices and pixel_mm_weights must pair up, weights >= 0")
     check_fold_probability(fold_probability)
+    check_atrophy_probability(atrophy_probability)
     version = code_version()  # of the code that makes the slices, read before it runs
     with staged_bank(out, overwrite) as staging:
         started = time.perf_counter()
@@ -243,6 +253,7 @@ def build_bank(
                 pixel_mm_choices=tuple(float(p) for p in pixel_mm_choices),
                 pixel_mm_weights=tuple(float(w) for w in pixel_mm_weights),
                 fold_probability=float(fold_probability),
+                atrophy_probability=float(atrophy_probability),
             )
             for k, first in enumerate(range(0, n, shard_size))
         ]
@@ -331,9 +342,11 @@ def _manifest(
         **manifest_header(len(rows), seed, size),
         "seeding": "slice i: numpy.random.default_rng([seed, i]) draws pixel size, then "
         "services.recon.data.synthesis.synthesize_head_slice_with_info(rng, size, pixel_mm, "
-        "fold_probability)",
+        "fold_probability, atrophy_probability)",
         "fold_probability": tasks[0].fold_probability,
         "folded_count": sum(int(row["folded"]) for row in rows),
+        "atrophy_probability": tasks[0].atrophy_probability,
+        "atrophic_count": sum(int(row["atrophic"]) for row in rows),
         "pixel_mm_choices": list(tasks[0].pixel_mm_choices),
         "pixel_mm_weights": list(tasks[0].pixel_mm_weights),
         "pixel_mm_counts": dict(Counter(str(row["pixel_mm"]) for row in rows)),

@@ -9,8 +9,9 @@ through a random monotone or inverting remap; a smooth multiplicative bias field
 low-order phase; complex Gaussian noise (Rician magnitude) at a random SNR; and scaling so the
 99th percentile of the magnitude is 1. Brain-only templates get the head (CSF, skull with its
 marrow, scalp, air) from SPM's tissue probability maps, so the prior sees whole heads.
-Optionally (``fold_probability``), tissue-map slices get synthetic cortical sulci
-(:mod:`services.recon.data.folds`).
+Optionally, tissue-map slices get synthetic cortical sulci (``fold_probability``,
+:mod:`services.recon.data.folds`) and widened CSF spaces (``atrophy_probability``,
+:mod:`services.recon.data.atrophy`).
 
 Everything is a function of the ``numpy.random.Generator`` passed in: same seed, same slice.
 """
@@ -22,6 +23,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from services.recon.data.atrophy import check_atrophy_probability, with_atrophy
 from services.recon.data.contrast import (
     AIR,
     BONE,
@@ -107,6 +109,7 @@ class SynthesizedSlice(NamedTuple):
     pixel_mm: float
     snr: float
     folded: bool = False
+    atrophic: bool = False
 
 
 def recipe_weights(pixel_mm: float) -> np.ndarray:
@@ -212,11 +215,13 @@ def render_magnitude(
     contrast: TissueContrast,
     rng: np.random.Generator,
     fold_pixel_mm: float | None = None,
+    atrophy_pixel_mm: float | None = None,
 ) -> np.ndarray:
     """Noise-free magnitude (H, W) of ``recipe`` at ``points`` with ``contrast``.
 
     ``fold_pixel_mm`` (the pixel size) carves sulci into a tissue recipe's cortex
-    (:mod:`services.recon.data.folds`); ``None`` leaves the templates' cortex as it is.
+    (:mod:`services.recon.data.folds`) and ``atrophy_pixel_mm`` widens its CSF spaces
+    (:mod:`services.recon.data.atrophy`); ``None`` leaves the templates' anatomy as it is.
     """
     shape = points.shape[:2]
     if recipe.mode == "tissue":
@@ -225,6 +230,8 @@ def render_magnitude(
         probabilities = sharpen_probabilities(raw, gamma)
         if fold_pixel_mm is not None:
             probabilities = with_cortical_folds(probabilities, rng, fold_pixel_mm)
+        if atrophy_pixel_mm is not None:
+            probabilities = with_atrophy(probabilities, rng, atrophy_pixel_mm)
         return render_tissues(probabilities, contrast, rng, bone_core=skull_core(raw))
     template = load_source(recipe.sources[0])
     values = sample_trilinear(template, points, extend_inferior=True)
@@ -279,17 +286,25 @@ def synthesize_head_slice_with_info(
     size: int = 128,
     pixel_mm: float = 2.0,
     fold_probability: float = 0.0,
+    atrophy_probability: float = 0.0,
 ) -> SynthesizedSlice:
     """One synthetic complex head slice (complex64, size x size) and how it was made.
 
     With ``fold_probability`` > 0 a tissue-map slice gets cortical sulci with that
-    probability; at 0 no extra random numbers are drawn, so older banks stay reproducible.
+    probability, and with ``atrophy_probability`` > 0 widened CSF spaces; at 0 no extra random
+    numbers are drawn, so older banks stay reproducible.
     """
     if size < 8 or not 0.25 <= pixel_mm <= 8.0:
         raise InputError(f"need size >= 8 and 0.25 <= pixel_mm <= 8, got {size}, {pixel_mm}")
     check_fold_probability(fold_probability)
+    check_atrophy_probability(atrophy_probability)
     recipe = RECIPES[int(rng.choice(len(RECIPES), p=recipe_weights(pixel_mm)))]
     folded = fold_probability > 0.0 and recipe.mode == "tissue" and rng.uniform() < fold_probability
+    atrophic = (
+        atrophy_probability > 0.0
+        and recipe.mode == "tissue"
+        and rng.uniform() < atrophy_probability
+    )
     orientation = ORIENTATIONS[int(rng.choice(len(ORIENTATIONS), p=ORIENTATION_PROBABILITIES))]
     contrast = random_tissue_contrast(rng)
     magnitude = np.zeros((size, size), dtype=np.float32)
@@ -297,7 +312,12 @@ def synthesize_head_slice_with_info(
         plane = random_plane(rng, orientation, size, pixel_mm)
         points = plane_world_points(plane, elastic_displacement(rng, plane))
         magnitude = render_magnitude(
-            recipe, points, contrast, rng, pixel_mm if folded else None
+            recipe,
+            points,
+            contrast,
+            rng,
+            pixel_mm if folded else None,
+            pixel_mm if atrophic else None,
         ) * coil_coverage(rng, points)
         if head_fraction(magnitude) >= MIN_HEAD_FRACTION:
             break
@@ -320,6 +340,7 @@ def synthesize_head_slice_with_info(
         pixel_mm=float(pixel_mm),
         snr=snr,
         folded=folded,
+        atrophic=atrophic,
     )
 
 
