@@ -42,7 +42,7 @@ from services.recon.classifier import (
 from services.recon.data.appearance import randomise_appearance
 from services.recon.data.lesions import TRAINING_FAMILY, LesionFamily, insert_lesion
 from services.recon.diffusion import DiffusionSchedule
-from services.recon.errors import InputError
+from services.recon.errors import InputError, check_probability
 from services.recon.init_weights import INIT_KEY, check_resumed_init, init_record, start_from
 from services.recon.metrics import auroc, foreground_mask
 from services.recon.precision import bf16_autocast
@@ -121,8 +121,7 @@ class LesionPairs(Dataset[LabelledPair]):
         crop: int | None = DEFAULT_CROP,
         appearance: float = 0.0,
     ) -> None:
-        if not 0.0 <= appearance <= 1.0:
-            raise InputError(f"appearance probability must be in [0, 1], got {appearance}")
+        check_probability("appearance probability", appearance)
         self.healthy = healthy
         self.family = family
         self.crop = crop

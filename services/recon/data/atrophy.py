@@ -16,16 +16,9 @@ import numpy as np
 from scipy import ndimage
 
 from services.recon.data.contrast import CSF, GM, WM
-from services.recon.errors import InputError
 
 GROWTH_MM = (0.5, 4.0)
 """Range of the distance by which the CSF spaces grow, in mm."""
-
-
-def check_atrophy_probability(atrophy_probability: float) -> None:
-    """:class:`InputError` unless ``atrophy_probability`` is a probability."""
-    if not 0.0 <= atrophy_probability <= 1.0:
-        raise InputError(f"atrophy_probability must be in [0, 1], got {atrophy_probability}")
 
 
 def grown_csf(csf: np.ndarray, growth_mm: float, pixel_mm: float) -> np.ndarray:

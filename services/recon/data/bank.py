@@ -37,11 +37,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from services.recon.data.atrophy import check_atrophy_probability
-from services.recon.data.folds import check_fold_probability
 from services.recon.data.splits import SOURCE_TABLE, TRAINING_SOURCES
 from services.recon.data.synthesis import RECIPES, synthesize_head_slice_with_info
-from services.recon.errors import InputError
+from services.recon.errors import InputError, check_probability
 
 BANK_FORMAT = "mrdiff-slice-bank/1"
 MANIFEST_NAME = "manifest.json"
@@ -238,8 +236,8 @@ def build_bank(
         raise InputError(f"need n >= 1, size >= 8, shard_size >= 1, workers >= 1; got {n}, {size}")
     if len(pixel_mm_choices) != len(pixel_mm_weights) or min(pixel_mm_weights) < 0:
         raise InputError("pixel_mm_choices and pixel_mm_weights must pair up, weights >= 0")
-    check_fold_probability(fold_probability)
-    check_atrophy_probability(atrophy_probability)
+    check_probability("fold_probability", fold_probability)
+    check_probability("atrophy_probability", atrophy_probability)
     version = code_version()  # of the code that makes the slices, read before it runs
     with staged_bank(out, overwrite) as staging:
         started = time.perf_counter()

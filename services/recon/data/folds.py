@@ -16,7 +16,6 @@ import numpy as np
 from scipy import ndimage
 
 from services.recon.data.contrast import CSF, GM, WM
-from services.recon.errors import InputError
 
 LINE_SPACING_MM = (14.0, 24.0)
 """Wavelength range of the band-pass field; its zero lines are about half of it apart."""
@@ -24,12 +23,6 @@ HALF_WIDTH_MM = (0.5, 1.0)
 """Range of the Gaussian half-width of one sulcus, in mm."""
 CORTEX_DEPTH_MM = (10.0, 20.0)
 """Range of the depth below the brain's outer boundary where sulci fade out."""
-
-
-def check_fold_probability(fold_probability: float) -> None:
-    """:class:`InputError` unless ``fold_probability`` is a probability."""
-    if not 0.0 <= fold_probability <= 1.0:
-        raise InputError(f"fold_probability must be in [0, 1], got {fold_probability}")
 
 
 def sulcal_lines(rng: np.random.Generator, shape: tuple[int, int], pixel_mm: float) -> np.ndarray:

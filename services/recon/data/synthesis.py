@@ -23,7 +23,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from services.recon.data.atrophy import check_atrophy_probability, with_atrophy
+from services.recon.data.atrophy import with_atrophy
 from services.recon.data.contrast import (
     AIR,
     BONE,
@@ -37,7 +37,7 @@ from services.recon.data.contrast import (
     sharpen_probabilities,
 )
 from services.recon.data.fields import bias_field, coarse_grid_field, smooth_phase, texture_field
-from services.recon.data.folds import check_fold_probability, with_cortical_folds
+from services.recon.data.folds import with_cortical_folds
 from services.recon.data.sampling import (
     Orientation,
     SlicePlane,
@@ -47,7 +47,7 @@ from services.recon.data.sampling import (
 )
 from services.recon.data.splits import TRAINING_SOURCES
 from services.recon.data.templates import SourceVolume, load_source
-from services.recon.errors import InputError
+from services.recon.errors import InputError, check_probability
 
 RecipeMode = Literal["tissue", "intensity", "intensity_with_head"]
 
@@ -296,8 +296,8 @@ def synthesize_head_slice_with_info(
     """
     if size < 8 or not 0.25 <= pixel_mm <= 8.0:
         raise InputError(f"need size >= 8 and 0.25 <= pixel_mm <= 8, got {size}, {pixel_mm}")
-    check_fold_probability(fold_probability)
-    check_atrophy_probability(atrophy_probability)
+    check_probability("fold_probability", fold_probability)
+    check_probability("atrophy_probability", atrophy_probability)
     recipe = RECIPES[int(rng.choice(len(RECIPES), p=recipe_weights(pixel_mm)))]
     folded = fold_probability > 0.0 and recipe.mode == "tissue" and rng.uniform() < fold_probability
     atrophic = (
