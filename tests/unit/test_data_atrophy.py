@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from services.recon.data.atrophy import GROWTH_MM, grown_csf, with_atrophy
-from services.recon.data.bank import build_bank, read_manifest
 from services.recon.data.contrast import AIR, BONE, CSF, GM, WM
 from services.recon.data.synthesis import synthesize_head_slice_with_info
 from services.recon.errors import InputError
@@ -84,18 +80,3 @@ def test_atrophy_probability_zero_leaves_slices_as_before_and_one_marks_tissue_r
     assert all(m.atrophic == m.recipe.endswith("_tissues") for m in made)
     with pytest.raises(InputError, match="atrophy_probability"):
         synthesize_head_slice_with_info(np.random.default_rng(0), 64, 2.0, 0.0, 1.5)
-
-
-def test_bank_records_its_atrophy_probability_and_which_slices_are_atrophic(
-    tmp_path: Path,
-) -> None:
-    out = tmp_path / "bank"
-    build_bank(out, n=6, seed=5, size=32, workers=1, shard_size=6, atrophy_probability=1.0)
-    manifest = read_manifest(out)
-    assert manifest["atrophy_probability"] == 1.0
-    with (out / "slices.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert manifest["atrophic_count"] == sum(int(row["atrophic"]) for row in rows)
-    assert all(row["atrophic"] == str(int(row["recipe"].endswith("_tissues"))) for row in rows)
-    with pytest.raises(InputError, match="atrophy_probability"):
-        build_bank(tmp_path / "other", n=1, seed=5, size=32, workers=1, atrophy_probability=2.0)

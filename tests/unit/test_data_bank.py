@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -188,3 +189,21 @@ def test_zero_phase_selection_gives_the_magnitudes_and_is_recorded(bank: Path) -
     assert torch.all(zero_phase[1] == 0) and torch.any(original[1] != 0)
     assert BankSelection(zero_phase=True).to_dict()["zero_phase"] is True
     assert "zero_phase" not in BankSelection().to_dict()
+
+
+@pytest.mark.parametrize(
+    ("option", "column"), [("fold_probability", "folded"), ("atrophy_probability", "atrophic")]
+)
+def test_bank_records_each_anatomy_option_and_the_slices_it_changed(
+    tmp_path: Path, option: str, column: str
+) -> None:
+    out = tmp_path / "bank"
+    build_bank(out, n=6, seed=5, size=32, workers=1, shard_size=6, **{option: 1.0})
+    manifest = read_manifest(out)
+    assert manifest[option] == 1.0
+    with (out / "slices.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert manifest[f"{column}_count"] == sum(int(row[column]) for row in rows)
+    assert all(row[column] == str(int(row["recipe"].endswith("_tissues"))) for row in rows)
+    with pytest.raises(InputError, match=option):
+        build_bank(tmp_path / "other", n=1, seed=5, size=32, workers=1, **{option: 1.5})

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from services.recon.data.bank import build_bank, read_manifest
 from services.recon.data.contrast import CSF, GM, WM
 from services.recon.data.folds import sulcal_lines, with_cortical_folds
 from services.recon.data.synthesis import synthesize_head_slice_with_info
@@ -62,16 +58,3 @@ def test_fold_probability_zero_leaves_slices_as_before_and_one_folds_tissue_reci
 def test_fold_probability_outside_zero_one_is_an_input_error() -> None:
     with pytest.raises(InputError, match="fold_probability"):
         synthesize_head_slice_with_info(np.random.default_rng(0), 64, 2.0, 1.5)
-
-
-def test_bank_records_its_fold_probability_and_which_slices_are_folded(tmp_path: Path) -> None:
-    out = tmp_path / "bank"
-    build_bank(out, n=6, seed=5, size=32, workers=1, shard_size=6, fold_probability=1.0)
-    manifest = read_manifest(out)
-    assert manifest["fold_probability"] == 1.0
-    with (out / "slices.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert manifest["folded_count"] == sum(int(row["folded"]) for row in rows)
-    assert all(row["folded"] == str(int(row["recipe"].endswith("_tissues"))) for row in rows)
-    with pytest.raises(InputError, match="fold_probability"):
-        build_bank(tmp_path / "other", n=1, seed=5, size=32, workers=1, fold_probability=-0.1)
