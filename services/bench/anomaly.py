@@ -14,12 +14,13 @@ Protocol (issue 4, design.md):
 - methods: classifier-guided DDIM (``guided``), the same without guidance (``unguided``, its own
   ``L``), global intensity z-score inside the head (``zscore``);
 - metrics: pixel AUROC inside the head (design.md foreground of the reference) and over the
-  whole image, pooled over lesion slices; Dice of ``anomaly_mask`` (Otsu) per lesion slice, by
-  lesion size and overall; Dice at the best single threshold for the whole set (an oracle bound,
-  never used to choose anything); detection rate by size (at least 10% of the lesion inside
-  ``anomaly_mask``); mean map value inside the head on lesion-free and on lesion slices (maps of
-  the diffusion methods in units of the input's 99th percentile, z-scores in SDs); seconds per
-  slice.
+  whole image, pooled over lesion slices, the in-head one with a 95% interval from resampling
+  the slices (:func:`~services.recon.metrics.pooled_auroc_interval`); Dice of ``anomaly_mask``
+  (Otsu) per lesion slice, by lesion size and overall; Dice at the best single threshold for
+  the whole set (an oracle bound, never used to choose anything); detection rate by size (at
+  least 10% of the lesion inside ``anomaly_mask``); mean map value inside the head on
+  lesion-free and on lesion slices (maps of the diffusion methods in units of the input's 99th
+  percentile, z-scores in SDs); seconds per slice.
 """
 
 from __future__ import annotations
@@ -214,11 +215,14 @@ def score(
     ]
     heads = [c.head for c in cases]
     truths = [c.lesion_mask for c in cases]
-    in_head = np.concatenate([m[c.head] for m, c in zip(lesion_maps, cases, strict=True)])
-    in_head_truth = np.concatenate([c.lesion_mask[c.head] for c in cases])
+    in_head = [m[c.head] for m, c in zip(lesion_maps, cases, strict=True)]
+    in_head_truth = [c.lesion_mask[c.head] for c in cases]
+    auroc_low, auroc_high = metrics.pooled_auroc_interval(in_head, in_head_truth)
     row: dict[str, float] = {
         "slices": float(len(cases)),
-        "auroc_head": metrics.auroc(in_head, in_head_truth),
+        "auroc_head": metrics.auroc(np.concatenate(in_head), np.concatenate(in_head_truth)),
+        "auroc_head_ci95_low": auroc_low,
+        "auroc_head_ci95_high": auroc_high,
         "auroc_image": metrics.auroc(
             np.concatenate([m.ravel() for m in lesion_maps]),
             np.concatenate([t.ravel() for t in truths]),

@@ -564,3 +564,24 @@ def test_bench_subsets_name_all_real_scans_and_each_source() -> None:
     only_real = [case("a", True), case("b", True)]
     assert [name for name, _ in subsets(only_real, by_source=True)] == ["all", "a", "b"]
     assert subsets([case("a", True)] * 3, by_source=True) == [("all", [0, 1, 2])]
+
+
+def test_bench_score_gives_the_in_head_auroc_with_a_slice_bootstrap_interval() -> None:
+    from services.bench.anomaly import Case, MethodMaps, run_detector, score
+    from services.recon.data.splits import EvalSlice
+
+    cases, lesion_inputs, healthy_inputs = [], [], []
+    for seed in (3, 4, 5, 6):
+        image = head_phantom(48).astype(np.float32)
+        lesioned = insert_lesion(image, seed)
+        reference = EvalSlice("phantom", "phantom", seed, image, False, 2.0)
+        head = foreground_mask(lesioned.image)
+        cases.append(Case(reference, image, lesioned.image, lesioned.lesion_mask, head, "large"))
+        lesion_inputs.append(lesioned.image.astype(np.float32))
+        healthy_inputs.append(image)
+    zscore = AnomalyDetector(None, None, AnomalyConfig(method="zscore", smoothing_px=0.0))
+    maps = MethodMaps(run_detector(zscore, lesion_inputs), run_detector(zscore, healthy_inputs))
+    row = score(cases, maps, "zscore", lesion_inputs, healthy_inputs)
+    assert row["slices"] == 4.0
+    assert row["auroc_head_ci95_low"] <= row["auroc_head"] <= row["auroc_head_ci95_high"]
+    assert row["auroc_head_ci95_low"] >= 0.0 and row["auroc_head_ci95_high"] <= 1.0

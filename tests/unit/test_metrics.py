@@ -15,6 +15,7 @@ from services.recon.metrics import (
     foreground_mask,
     mse,
     nmse,
+    pooled_auroc_interval,
     psnr,
     psnr_in_mask,
     sparsification_curves,
@@ -162,3 +163,18 @@ def test_auroc_hand_values() -> None:
     assert auroc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5  # a tie counts one half
     with pytest.raises(InputError, match="both"):
         auroc(np.array([0.1, 0.2]), np.array([1, 1]))
+
+
+def test_pooled_auroc_interval_brackets_the_pooled_value_and_collapses_for_identical_slices() -> (
+    None
+):
+    rng = np.random.default_rng(0)
+    labels = [rng.uniform(size=200) < 0.2 for _ in range(6)]
+    scores = [rng.normal(size=200) + 1.5 * y * (k % 3) for k, y in enumerate(labels)]
+    pooled = auroc(np.concatenate(scores), np.concatenate(labels))
+    low, high = pooled_auroc_interval(scores, labels, rounds=500)
+    assert low < pooled < high and high - low > 0.02  # slices differ: a real interval
+    same = pooled_auroc_interval([scores[1]] * 4, [labels[1]] * 4, rounds=50)
+    assert same == pytest.approx((auroc(scores[1], labels[1]),) * 2)
+    with pytest.raises(InputError, match="level"):
+        pooled_auroc_interval(scores, labels, level=1.0)
