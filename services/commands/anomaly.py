@@ -291,6 +291,7 @@ def print_rows(rows: list[Any], title: str) -> None:
     columns = (
         "slices",
         "auroc_head",
+        "auroc_head_ci95",
         "auroc_image",
         "dice_otsu",
         "dice_otsu_medium_large",
@@ -307,9 +308,17 @@ def print_rows(rows: list[Any], title: str) -> None:
     for column in ("inputs", "method", "subset", *columns):
         table.add_column(column, justify="right")
     for row in rows:
-        cells = [f"{row.values[c]:.3g}" if c in row.values else "-" for c in columns]
+        cells = [_cell(row.values, c) for c in columns]
         table.add_row(row.inputs, row.method, row.subset, *cells)
-    Console(width=240).print(table)
+    Console(width=250).print(table)
+
+
+def _cell(values: dict[str, float], column: str) -> str:
+    """One table cell: the value, or ``low-high`` for an interval column (``*_ci95``)."""
+    if column.endswith("_ci95"):
+        low, high = values.get(f"{column}_low"), values.get(f"{column}_high")
+        return "-" if low is None or high is None else f"{low:.3g}-{high:.3g}"
+    return f"{values[column]:.3g}" if column in values else "-"
 
 
 def tune_anomaly_command(
