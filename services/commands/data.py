@@ -28,6 +28,9 @@ def build_bank_command(
     atrophy: Annotated[
         float, typer.Option(help="chance a tissue-map slice gets widened CSF spaces (0-1)")
     ] = 0.0,
+    dwi: Annotated[
+        float, typer.Option(help="chance a slice gets a diffusion b=0 contrast (0-1)")
+    ] = 0.0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bank")] = False,
 ) -> None:
     """Synthesize a bank of complex head slices from the training templates."""
@@ -48,6 +51,7 @@ def build_bank_command(
         shard_size=shard_size,
         fold_probability=folds,
         atrophy_probability=atrophy,
+        dwi_probability=dwi,
         overwrite=overwrite,
         progress=report,
     )

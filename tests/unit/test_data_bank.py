@@ -207,3 +207,11 @@ def test_bank_records_each_anatomy_option_and_the_slices_it_changed(
     assert all(row[column] == str(int(row["recipe"].endswith("_tissues"))) for row in rows)
     with pytest.raises(InputError, match=option):
         build_bank(tmp_path / "other", n=1, seed=5, size=32, workers=1, **{option: 1.5})
+
+
+def test_bank_records_its_dwi_probability_and_counts_the_b0_contrasts(tmp_path: Path) -> None:
+    out = tmp_path / "bank"
+    build_bank(out, n=3, seed=5, size=32, workers=1, shard_size=3, dwi_probability=1.0)
+    manifest = read_manifest(out)
+    assert manifest["dwi_probability"] == 1.0
+    assert manifest["contrast_counts"] == {"dwi_b0": 3}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.recon.data.contrast import random_tissue_contrast, remap_intensity
+from services.recon.data.contrast import CSF, GM, WM, random_tissue_contrast, remap_intensity
 from services.recon.data.splits import TRAINING_SOURCES
 from services.recon.data.synthesis import (
     RECIPES,
@@ -80,3 +80,24 @@ def test_mosaic_tiles_slices() -> None:
     assert mosaic.shape == (32, 64)
     first = np.abs(synthesize_head_slice(np.random.default_rng([0, 0]), 32, 4.0))
     np.testing.assert_allclose(mosaic[:, :32], first, rtol=1e-6)
+
+
+def test_dwi_probability_zero_draws_nothing_extra_and_one_gives_b0_contrast() -> None:
+    plain = synthesize_head_slice_with_info(np.random.default_rng([4, 0]), 32, 2.0)
+    again = synthesize_head_slice_with_info(np.random.default_rng([4, 0]), 32, 2.0, 0.0, 0.0, 0.0)
+    np.testing.assert_array_equal(plain.image, again.image)
+    made = [
+        synthesize_head_slice_with_info(np.random.default_rng([4, i]), 32, 2.0, 0.0, 0.0, 1.0)
+        for i in range(4)
+    ]
+    assert {m.contrast for m in made} == {"dwi_b0"}
+    with pytest.raises(InputError, match="dwi_probability"):
+        synthesize_head_slice_with_info(np.random.default_rng(0), 32, 2.0, 0.0, 0.0, -0.5)
+
+
+def test_dwi_b0_contrast_puts_tissue_far_below_csf() -> None:
+    for seed in range(20):
+        contrast = random_tissue_contrast(np.random.default_rng(seed), dwi_probability=1.0)
+        levels = contrast.intensities
+        assert contrast.family == "dwi_b0"
+        assert levels[WM] < levels[GM] < 0.45 * levels[CSF]

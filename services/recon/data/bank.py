@@ -92,6 +92,7 @@ class ShardTask:
     pixel_mm_weights: tuple[float, ...]
     fold_probability: float = 0.0
     atrophy_probability: float = 0.0
+    dwi_probability: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +121,12 @@ def _build_shard(task: ShardTask) -> list[dict[str, Any]]:
         rng = slice_generator(task.seed, index)
         pixel_mm = task.pixel_mm_choices[int(rng.choice(len(weights), p=weights))]
         made = synthesize_head_slice_with_info(
-            rng, task.size, pixel_mm, task.fold_probability, task.atrophy_probability
+            rng,
+            task.size,
+            pixel_mm,
+            task.fold_probability,
+            task.atrophy_probability,
+            task.dwi_probability,
         )
         images[offset] = as_channels(made.image)
         rows.append(
@@ -220,6 +226,7 @@ def build_bank(
     pixel_mm_weights: tuple[float, ...] = DEFAULT_PIXEL_MM_WEIGHTS,
     fold_probability: float = 0.0,
     atrophy_probability: float = 0.0,
+    dwi_probability: float = 0.0,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> BankSummary:
@@ -229,7 +236,8 @@ def build_bank(
     result is identical for any number of workers. ``progress(done, n)`` is called per shard.
     ``fold_probability`` is the chance that a tissue-map slice gets cortical sulci
     (:mod:`services.recon.data.folds`), ``atrophy_probability`` the chance that it gets widened
-    CSF spaces (:mod:`services.recon.data.atrophy`).
+    CSF spaces (:mod:`services.recon.data.atrophy`), ``dwi_probability`` the chance that any slice
+    gets a diffusion b = 0 contrast (:func:`~services.recon.data.contrast.random_tissue_contrast`).
     """
     out = Path(out_dir)
     if n < 1 or size < 8 or shard_size < 1 or workers < 1:
@@ -238,6 +246,7 @@ def build_bank(
         raise InputError("pixel_mm_choices and pixel_mm_weights must pair up, weights >= 0")
     check_probability("fold_probability", fold_probability)
     check_probability("atrophy_probability", atrophy_probability)
+    check_probability("dwi_probability", dwi_probability)
     version = code_version()  # of the code that makes the slices, read before it runs
     with staged_bank(out, overwrite) as staging:
         started = time.perf_counter()
@@ -252,6 +261,7 @@ def build_bank(
                 pixel_mm_weights=tuple(float(w) for w in pixel_mm_weights),
                 fold_probability=float(fold_probability),
                 atrophy_probability=float(atrophy_probability),
+                dwi_probability=float(dwi_probability),
             )
             for k, first in enumerate(range(0, n, shard_size))
         ]
@@ -340,11 +350,12 @@ def _manifest(
         **manifest_header(len(rows), seed, size),
         "seeding": "slice i: numpy.random.default_rng([seed, i]) draws pixel size, then "
         "services.recon.data.synthesis.synthesize_head_slice_with_info(rng, size, pixel_mm, "
-        "fold_probability, atrophy_probability)",
+        "fold_probability, atrophy_probability, dwi_probability)",
         "fold_probability": tasks[0].fold_probability,
         "folded_count": sum(int(row["folded"]) for row in rows),
         "atrophy_probability": tasks[0].atrophy_probability,
         "atrophic_count": sum(int(row["atrophic"]) for row in rows),
+        "dwi_probability": tasks[0].dwi_probability,
         "pixel_mm_choices": list(tasks[0].pixel_mm_choices),
         "pixel_mm_weights": list(tasks[0].pixel_mm_weights),
         "pixel_mm_counts": dict(Counter(str(row["pixel_mm"]) for row in rows)),

@@ -2,7 +2,8 @@
 
 Tissue-map rendering follows the generative model behind SynthSeg (Billot et al., Medical Image
 Analysis 2023): each tissue class gets a random mean intensity drawn around a T1-, T2-, PD- or
-FLAIR-like ordering (or fully at random), with per-tissue texture, then the partial-volume
+FLAIR-like ordering (or fully at random; optionally the contrast of a diffusion scan's b = 0
+image, dark tissue under very bright CSF), with per-tissue texture, then the partial-volume
 probabilities mix them. Template intensities are remapped by a piecewise-linear curve through
 the template's own tissue levels, which gives monotone (T1 -> T1) or inverting (T1 -> T2-like)
 contrast changes.
@@ -33,12 +34,28 @@ class TissueContrast(NamedTuple):
     texture: float
 
 
-def random_tissue_contrast(rng: np.random.Generator) -> TissueContrast:
-    """Draw a contrast family and its per-tissue intensities (air stays 0)."""
-    family = str(rng.choice(CONTRAST_FAMILIES, p=CONTRAST_PROBABILITIES))
+def random_tissue_contrast(
+    rng: np.random.Generator, dwi_probability: float = 0.0
+) -> TissueContrast:
+    """Draw a contrast family and its per-tissue intensities (air stays 0).
+
+    With ``dwi_probability`` > 0 that share of draws is ``dwi_b0``: the T2-weighted, fat-suppressed
+    b = 0 image of a diffusion (EPI) scan, where tissue sits at a fifth to a third of the CSF
+    level. At 0 no extra random number is drawn, so older banks rebuild identically.
+    """
     u = rng.uniform
+    if dwi_probability > 0.0 and u() < dwi_probability:
+        family = "dwi_b0"
+    else:
+        family = str(rng.choice(CONTRAST_FAMILIES, p=CONTRAST_PROBABILITIES))
     levels = np.zeros(len(TISSUE_CLASSES))
-    if family == "t1":
+    if family == "dwi_b0":
+        levels[WM] = u(0.12, 0.26)
+        levels[GM] = levels[WM] + u(0.04, 0.14)
+        levels[CSF] = u(0.85, 1.0)
+        levels[SOFT] = u(0.05, 0.35)
+        marrow = u(0.0, 0.2)
+    elif family == "t1":
         levels[GM] = u(0.38, 0.6)
         levels[WM] = levels[GM] + u(0.15, 0.35)
         levels[CSF] = u(0.03, 0.22)

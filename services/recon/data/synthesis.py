@@ -287,17 +287,20 @@ def synthesize_head_slice_with_info(
     pixel_mm: float = 2.0,
     fold_probability: float = 0.0,
     atrophy_probability: float = 0.0,
+    dwi_probability: float = 0.0,
 ) -> SynthesizedSlice:
     """One synthetic complex head slice (complex64, size x size) and how it was made.
 
     With ``fold_probability`` > 0 a tissue-map slice gets cortical sulci with that
-    probability, and with ``atrophy_probability`` > 0 widened CSF spaces; at 0 no extra random
-    numbers are drawn, so older banks stay reproducible.
+    probability, with ``atrophy_probability`` > 0 widened CSF spaces, and with
+    ``dwi_probability`` > 0 a diffusion b = 0 contrast; at 0 no extra random numbers are drawn,
+    so older banks stay reproducible.
     """
     if size < 8 or not 0.25 <= pixel_mm <= 8.0:
         raise InputError(f"need size >= 8 and 0.25 <= pixel_mm <= 8, got {size}, {pixel_mm}")
     check_probability("fold_probability", fold_probability)
     check_probability("atrophy_probability", atrophy_probability)
+    check_probability("dwi_probability", dwi_probability)
     recipe = RECIPES[int(rng.choice(len(RECIPES), p=recipe_weights(pixel_mm)))]
     folded = fold_probability > 0.0 and recipe.mode == "tissue" and rng.uniform() < fold_probability
     atrophic = (
@@ -306,7 +309,7 @@ def synthesize_head_slice_with_info(
         and rng.uniform() < atrophy_probability
     )
     orientation = ORIENTATIONS[int(rng.choice(len(ORIENTATIONS), p=ORIENTATION_PROBABILITIES))]
-    contrast = random_tissue_contrast(rng)
+    contrast = random_tissue_contrast(rng, dwi_probability)
     magnitude = np.zeros((size, size), dtype=np.float32)
     for _attempt in range(8):
         plane = random_plane(rng, orientation, size, pixel_mm)
