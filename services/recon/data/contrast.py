@@ -24,6 +24,35 @@ CONTRAST_FAMILIES: tuple[str, ...] = ("t1", "t2", "pd", "flair", "random")
 CONTRAST_PROBABILITIES: tuple[float, ...] = (0.32, 0.26, 0.14, 0.1, 0.18)
 
 
+class FamilyLevels(NamedTuple):
+    """Ranges of one contrast family's levels (uniform draws, in this order): the ``first``
+    brain tissue, the ``second`` above it, CSF (absolute, or above grey matter), soft tissue
+    and the skull's marrow."""
+
+    first: int
+    first_level: tuple[float, float]
+    second: int
+    second_above_first: tuple[float, float]
+    csf: tuple[float, float]
+    soft: tuple[float, float]
+    marrow: tuple[float, float]
+    csf_above_gm: bool = False
+
+
+FAMILY_LEVELS: dict[str, FamilyLevels] = {
+    "t1": FamilyLevels(GM, (0.38, 0.6), WM, (0.15, 0.35), (0.03, 0.22), (0.45, 1.0), (0.3, 0.9)),
+    "t2": FamilyLevels(WM, (0.22, 0.42), GM, (0.1, 0.25), (0.8, 1.0), (0.3, 0.85), (0.2, 0.6)),
+    "pd": FamilyLevels(
+        WM, (0.5, 0.65), GM, (0.08, 0.2), (-0.05, 0.2), (0.5, 0.9), (0.3, 0.7), csf_above_gm=True
+    ),
+    "flair": FamilyLevels(WM, (0.35, 0.5), GM, (0.1, 0.25), (0.02, 0.12), (0.3, 0.8), (0.2, 0.6)),
+    "dwi_b0": FamilyLevels(
+        WM, (0.12, 0.26), GM, (0.04, 0.14), (0.85, 1.0), (0.05, 0.35), (0.0, 0.2)
+    ),
+}
+"""Every family but ``random`` (all brain levels drawn independently in [0.05, 1])."""
+
+
 class TissueContrast(NamedTuple):
     """Mean intensity of each tissue class (order of ``TISSUE_CLASSES``) and texture knobs."""
 
@@ -49,36 +78,13 @@ def random_tissue_contrast(
     else:
         family = str(rng.choice(CONTRAST_FAMILIES, p=CONTRAST_PROBABILITIES))
     levels = np.zeros(len(TISSUE_CLASSES))
-    if family == "dwi_b0":
-        levels[WM] = u(0.12, 0.26)
-        levels[GM] = levels[WM] + u(0.04, 0.14)
-        levels[CSF] = u(0.85, 1.0)
-        levels[SOFT] = u(0.05, 0.35)
-        marrow = u(0.0, 0.2)
-    elif family == "t1":
-        levels[GM] = u(0.38, 0.6)
-        levels[WM] = levels[GM] + u(0.15, 0.35)
-        levels[CSF] = u(0.03, 0.22)
-        levels[SOFT] = u(0.45, 1.0)
-        marrow = u(0.3, 0.9)
-    elif family == "t2":
-        levels[WM] = u(0.22, 0.42)
-        levels[GM] = levels[WM] + u(0.1, 0.25)
-        levels[CSF] = u(0.8, 1.0)
-        levels[SOFT] = u(0.3, 0.85)
-        marrow = u(0.2, 0.6)
-    elif family == "pd":
-        levels[WM] = u(0.5, 0.65)
-        levels[GM] = levels[WM] + u(0.08, 0.2)
-        levels[CSF] = levels[GM] + u(-0.05, 0.2)
-        levels[SOFT] = u(0.5, 0.9)
-        marrow = u(0.3, 0.7)
-    elif family == "flair":
-        levels[WM] = u(0.35, 0.5)
-        levels[GM] = levels[WM] + u(0.1, 0.25)
-        levels[CSF] = u(0.02, 0.12)
-        levels[SOFT] = u(0.3, 0.8)
-        marrow = u(0.2, 0.6)
+    if family in FAMILY_LEVELS:
+        ranges = FAMILY_LEVELS[family]
+        levels[ranges.first] = u(*ranges.first_level)
+        levels[ranges.second] = levels[ranges.first] + u(*ranges.second_above_first)
+        levels[CSF] = u(*ranges.csf) + (levels[GM] if ranges.csf_above_gm else 0.0)
+        levels[SOFT] = u(*ranges.soft)
+        marrow = u(*ranges.marrow)
     else:
         levels[[GM, WM, CSF]] = u(0.05, 1.0, size=3)
         levels[SOFT] = u(0.1, 1.0)
