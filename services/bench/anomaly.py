@@ -351,9 +351,9 @@ def tune_method(
             raw_maps["unguided"] = [r.anomaly_map for r in results]
         for (reference_name, raw), smoothing in itertools.product(raw_maps.items(), smoothings):
             smoothed = resmoothed(results, raw, smoothing, heads)
-            row = lesion_only_score(cases, smoothed[: len(cases)], method, inputs[: len(cases)])
+            maps = [map_units(r, x, method) for r, x in zip(smoothed, inputs, strict=True)]
+            row = lesion_only_score(cases, smoothed[: len(cases)], maps[: len(cases)])
             if lesion_free:
-                maps = [map_units(r, x, method) for r, x in zip(smoothed, inputs, strict=True)]
                 row["slice_auroc"] = slice_separation(cases, maps[: len(cases)], maps[len(cases) :])
             tried += 1
             value = selection_score(row)
@@ -370,13 +370,10 @@ def tune_method(
 
 
 def lesion_only_score(
-    cases: Sequence[Case],
-    results: Sequence[AnomalyResult],
-    method: str,
-    inputs: Sequence[np.ndarray],
+    cases: Sequence[Case], results: Sequence[AnomalyResult], maps: Sequence[np.ndarray]
 ) -> dict[str, float]:
-    """In-head AUROC and mean Otsu Dice on lesion cases (what tuning looks at)."""
-    maps = [map_units(r, x, method) for r, x in zip(results, inputs, strict=True)]
+    """In-head AUROC of ``maps`` (:func:`map_units`) and mean Otsu Dice on lesion cases (what
+    tuning looks at)."""
     values = np.concatenate([m[c.head] for m, c in zip(maps, cases, strict=True)])
     labels = np.concatenate([c.lesion_mask[c.head] for c in cases])
     dices = [

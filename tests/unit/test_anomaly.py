@@ -467,7 +467,8 @@ def test_tuning_scores_both_references_of_one_guided_run(
     )
     inputs = [c.lesion_image for c in cases]
     rerun = run_detector(AnomalyDetector(tiny_prior, tiny_classifier, result.config), inputs)
-    again = lesion_only_score(cases, rerun, "guided", inputs)
+    maps = [map_units(r, x, "guided") for r, x in zip(rerun, inputs, strict=True)]
+    again = lesion_only_score(cases, rerun, maps)
     assert again["auroc_head"] == pytest.approx(result.auroc_head, abs=1e-6)
     assert again["dice_otsu"] == pytest.approx(result.dice_otsu, abs=1e-6)
     assert result.slice_auroc is None
