@@ -35,6 +35,7 @@ def build_bank_command(
 ) -> None:
     """Synthesize a bank of complex head slices from the training templates."""
     from services.recon.data.bank import build_bank
+    from services.recon.data.synthesis import SliceVariations
 
     started = time.perf_counter()
 
@@ -49,9 +50,7 @@ def build_bank_command(
         size,
         workers=workers,
         shard_size=shard_size,
-        fold_probability=folds,
-        atrophy_probability=atrophy,
-        dwi_probability=dwi,
+        variations=SliceVariations(folds, atrophy, dwi),
         overwrite=overwrite,
         progress=report,
     )

@@ -7,7 +7,7 @@ import pytest
 
 from services.recon.data.atrophy import GROWTH_MM, grown_csf, with_atrophy
 from services.recon.data.contrast import AIR, BONE, CSF, GM, WM
-from services.recon.data.synthesis import synthesize_head_slice_with_info
+from services.recon.data.synthesis import SliceVariations, synthesize_head_slice_with_info
 from services.recon.errors import InputError
 
 
@@ -69,14 +69,17 @@ def test_larger_growth_moves_more_brain() -> None:
 
 def test_atrophy_probability_zero_leaves_slices_as_before_and_one_marks_tissue_recipes() -> None:
     plain = synthesize_head_slice_with_info(np.random.default_rng([4, 0]), 64, 2.0)
-    again = synthesize_head_slice_with_info(np.random.default_rng([4, 0]), 64, 2.0, 0.0, 0.0)
+    again = synthesize_head_slice_with_info(
+        np.random.default_rng([4, 0]), 64, 2.0, SliceVariations(atrophy_probability=0.0)
+    )
     np.testing.assert_array_equal(plain.image, again.image)
     assert not plain.atrophic
+    always = SliceVariations(atrophy_probability=1.0)
     made = [
-        synthesize_head_slice_with_info(np.random.default_rng([4, i]), 64, 2.0, 0.0, 1.0)
+        synthesize_head_slice_with_info(np.random.default_rng([4, i]), 64, 2.0, always)
         for i in range(12)
     ]
     assert any(m.atrophic for m in made)
     assert all(m.atrophic == m.recipe.endswith("_tissues") for m in made)
     with pytest.raises(InputError, match="atrophy_probability"):
-        synthesize_head_slice_with_info(np.random.default_rng(0), 64, 2.0, 0.0, 1.5)
+        SliceVariations(atrophy_probability=1.5)

@@ -19,7 +19,7 @@ from services.recon.data.bank import (
     slice_generator,
 )
 from services.recon.data.splits import EVALUATION_SOURCES, TRAINING_SOURCES, VALIDATION_SOURCES
-from services.recon.data.synthesis import synthesize_head_slice
+from services.recon.data.synthesis import SliceVariations, synthesize_head_slice
 from services.recon.errors import InputError
 
 N, SIZE, SHARD = 5, 32, 3
@@ -198,7 +198,8 @@ def test_bank_records_each_anatomy_option_and_the_slices_it_changed(
     tmp_path: Path, option: str, column: str
 ) -> None:
     out = tmp_path / "bank"
-    build_bank(out, n=6, seed=5, size=32, workers=1, shard_size=6, **{option: 1.0})
+    always = SliceVariations(**{option: 1.0})
+    build_bank(out, n=6, seed=5, size=32, workers=1, shard_size=6, variations=always)
     manifest = read_manifest(out)
     assert manifest[option] == 1.0
     with (out / "slices.csv").open() as handle:
@@ -206,12 +207,13 @@ def test_bank_records_each_anatomy_option_and_the_slices_it_changed(
     assert manifest[f"{column}_count"] == sum(int(row[column]) for row in rows)
     assert all(row[column] == str(int(row["recipe"].endswith("_tissues"))) for row in rows)
     with pytest.raises(InputError, match=option):
-        build_bank(tmp_path / "other", n=1, seed=5, size=32, workers=1, **{option: 1.5})
+        SliceVariations(**{option: 1.5})
 
 
 def test_bank_records_its_dwi_probability_and_counts_the_b0_contrasts(tmp_path: Path) -> None:
     out = tmp_path / "bank"
-    build_bank(out, n=3, seed=5, size=32, workers=1, shard_size=3, dwi_probability=1.0)
+    b0_contrast = SliceVariations(dwi_probability=1.0)
+    build_bank(out, n=3, seed=5, size=32, workers=1, shard_size=3, variations=b0_contrast)
     manifest = read_manifest(out)
     assert manifest["dwi_probability"] == 1.0
     assert manifest["contrast_counts"] == {"dwi_b0": 3}

@@ -7,7 +7,7 @@ import pytest
 
 from services.recon.data.contrast import CSF, GM, WM
 from services.recon.data.folds import sulcal_lines, with_cortical_folds
-from services.recon.data.synthesis import synthesize_head_slice_with_info
+from services.recon.data.synthesis import SliceVariations, synthesize_head_slice_with_info
 from services.recon.errors import InputError
 
 
@@ -44,11 +44,14 @@ def test_folds_move_grey_matter_to_csf_in_the_cortex_only() -> None:
 
 def test_fold_probability_zero_leaves_slices_as_before_and_one_folds_tissue_recipes() -> None:
     plain = synthesize_head_slice_with_info(np.random.default_rng([4, 0]), 64, 2.0)
-    again = synthesize_head_slice_with_info(np.random.default_rng([4, 0]), 64, 2.0, 0.0)
+    again = synthesize_head_slice_with_info(
+        np.random.default_rng([4, 0]), 64, 2.0, SliceVariations(fold_probability=0.0)
+    )
     np.testing.assert_array_equal(plain.image, again.image)
     assert not plain.folded
+    always = SliceVariations(fold_probability=1.0)
     made = [
-        synthesize_head_slice_with_info(np.random.default_rng([4, i]), 64, 2.0, 1.0)
+        synthesize_head_slice_with_info(np.random.default_rng([4, i]), 64, 2.0, always)
         for i in range(12)
     ]
     assert any(m.folded for m in made)
@@ -57,4 +60,4 @@ def test_fold_probability_zero_leaves_slices_as_before_and_one_folds_tissue_reci
 
 def test_fold_probability_outside_zero_one_is_an_input_error() -> None:
     with pytest.raises(InputError, match="fold_probability"):
-        synthesize_head_slice_with_info(np.random.default_rng(0), 64, 2.0, 1.5)
+        SliceVariations(fold_probability=1.5)

@@ -10,6 +10,7 @@ from services.recon.data.contrast import CSF, GM, WM, random_tissue_contrast, re
 from services.recon.data.splits import TRAINING_SOURCES
 from services.recon.data.synthesis import (
     RECIPES,
+    SliceVariations,
     example_mosaic,
     head_fraction,
     synthesize_head_slice,
@@ -84,15 +85,18 @@ def test_mosaic_tiles_slices() -> None:
 
 def test_dwi_probability_zero_draws_nothing_extra_and_one_gives_b0_contrast() -> None:
     plain = synthesize_head_slice_with_info(np.random.default_rng([4, 0]), 32, 2.0)
-    again = synthesize_head_slice_with_info(np.random.default_rng([4, 0]), 32, 2.0, 0.0, 0.0, 0.0)
+    again = synthesize_head_slice_with_info(
+        np.random.default_rng([4, 0]), 32, 2.0, SliceVariations(dwi_probability=0.0)
+    )
     np.testing.assert_array_equal(plain.image, again.image)
+    b0_contrast = SliceVariations(dwi_probability=1.0)
     made = [
-        synthesize_head_slice_with_info(np.random.default_rng([4, i]), 32, 2.0, 0.0, 0.0, 1.0)
+        synthesize_head_slice_with_info(np.random.default_rng([4, i]), 32, 2.0, b0_contrast)
         for i in range(4)
     ]
     assert {m.contrast for m in made} == {"dwi_b0"}
     with pytest.raises(InputError, match="dwi_probability"):
-        synthesize_head_slice_with_info(np.random.default_rng(0), 32, 2.0, 0.0, 0.0, -0.5)
+        SliceVariations(dwi_probability=-0.5)
 
 
 def test_dwi_b0_contrast_puts_tissue_far_below_csf() -> None:

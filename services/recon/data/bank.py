@@ -38,8 +38,12 @@ import torch
 from torch.utils.data import Dataset
 
 from services.recon.data.splits import SOURCE_TABLE, TRAINING_SOURCES
-from services.recon.data.synthesis import RECIPES, synthesize_head_slice_with_info
-from services.recon.errors import InputError, check_probability
+from services.recon.data.synthesis import (
+    RECIPES,
+    SliceVariations,
+    synthesize_head_slice_with_info,
+)
+from services.recon.errors import InputError
 
 BANK_FORMAT = "mrdiff-slice-bank/1"
 MANIFEST_NAME = "manifest.json"
@@ -90,9 +94,7 @@ class ShardTask:
     size: int
     pixel_mm_choices: tuple[float, ...]
     pixel_mm_weights: tuple[float, ...]
-    fold_probability: float = 0.0
-    atrophy_probability: float = 0.0
-    dwi_probability: float = 0.0
+    variations: SliceVariations = dataclasses.field(default_factory=SliceVariations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,14 +122,7 @@ def _build_shard(task: ShardTask) -> list[dict[str, Any]]:
         index = task.first_index + offset
         rng = slice_generator(task.seed, index)
         pixel_mm = task.pixel_mm_choices[int(rng.choice(len(weights), p=weights))]
-        made = synthesize_head_slice_with_info(
-            rng,
-            task.size,
-            pixel_mm,
-            task.fold_probability,
-            task.atrophy_probability,
-            task.dwi_probability,
-        )
+        made = synthesize_head_slice_with_info(rng, task.size, pixel_mm, task.variations)
         images[offset] = as_channels(made.image)
         rows.append(
             {
@@ -224,9 +219,7 @@ def build_bank(
     shard_size: int = 1000,
     pixel_mm_choices: tuple[float, ...] = DEFAULT_PIXEL_MM,
     pixel_mm_weights: tuple[float, ...] = DEFAULT_PIXEL_MM_WEIGHTS,
-    fold_probability: float = 0.0,
-    atrophy_probability: float = 0.0,
-    dwi_probability: float = 0.0,
+    variations: SliceVariations | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> BankSummary:
@@ -234,19 +227,13 @@ def build_bank(
 
     ``workers`` processes (1-2 on these machines) build shards of ``shard_size`` slices; the
     result is identical for any number of workers. ``progress(done, n)`` is called per shard.
-    ``fold_probability`` is the chance that a tissue-map slice gets cortical sulci
-    (:mod:`services.recon.data.folds`), ``atrophy_probability`` the chance that it gets widened
-    CSF spaces (:mod:`services.recon.data.atrophy`), ``dwi_probability`` the chance that any slice
-    gets a diffusion b = 0 contrast (:func:`~services.recon.data.contrast.random_tissue_contrast`).
+    ``variations``: how often a slice gets each optional variation (none by default).
     """
     out = Path(out_dir)
     if n < 1 or size < 8 or shard_size < 1 or workers < 1:
         raise InputError(f"need n >= 1, size >= 8, shard_size >= 1, workers >= 1; got {n}, {size}")
     if len(pixel_mm_choices) != len(pixel_mm_weights) or min(pixel_mm_weights) < 0:
         raise InputError("pixel_mm_choices and pixel_mm_weights must pair up, weights >= 0")
-    check_probability("fold_probability", fold_probability)
-    check_probability("atrophy_probability", atrophy_probability)
-    check_probability("dwi_probability", dwi_probability)
     version = code_version()  # of the code that makes the slices, read before it runs
     with staged_bank(out, overwrite) as staging:
         started = time.perf_counter()
@@ -259,9 +246,7 @@ def build_bank(
                 size=size,
                 pixel_mm_choices=tuple(float(p) for p in pixel_mm_choices),
                 pixel_mm_weights=tuple(float(w) for w in pixel_mm_weights),
-                fold_probability=float(fold_probability),
-                atrophy_probability=float(atrophy_probability),
-                dwi_probability=float(dwi_probability),
+                variations=variations or SliceVariations(),
             )
             for k, first in enumerate(range(0, n, shard_size))
         ]
@@ -350,12 +335,10 @@ def _manifest(
         **manifest_header(len(rows), seed, size),
         "seeding": "slice i: numpy.random.default_rng([seed, i]) draws pixel size, then "
         "services.recon.data.synthesis.synthesize_head_slice_with_info(rng, size, pixel_mm, "
-        "fold_probability, atrophy_probability, dwi_probability)",
-        "fold_probability": tasks[0].fold_probability,
+        "SliceVariations(fold_probability, atrophy_probability, dwi_probability))",
+        **dataclasses.asdict(tasks[0].variations),
         "folded_count": sum(int(row["folded"]) for row in rows),
-        "atrophy_probability": tasks[0].atrophy_probability,
         "atrophic_count": sum(int(row["atrophic"]) for row in rows),
-        "dwi_probability": tasks[0].dwi_probability,
         "pixel_mm_choices": list(tasks[0].pixel_mm_choices),
         "pixel_mm_weights": list(tasks[0].pixel_mm_weights),
         "pixel_mm_counts": dict(Counter(str(row["pixel_mm"]) for row in rows)),

@@ -9,9 +9,9 @@ through a random monotone or inverting remap; a smooth multiplicative bias field
 low-order phase; complex Gaussian noise (Rician magnitude) at a random SNR; and scaling so the
 99th percentile of the magnitude is 1. Brain-only templates get the head (CSF, skull with its
 marrow, scalp, air) from SPM's tissue probability maps, so the prior sees whole heads.
-Optionally, tissue-map slices get synthetic cortical sulci (``fold_probability``,
-:mod:`services.recon.data.folds`) and widened CSF spaces (``atrophy_probability``,
-:mod:`services.recon.data.atrophy`).
+Optionally (:class:`SliceVariations`), tissue-map slices get synthetic cortical sulci
+(:mod:`services.recon.data.folds`) or widened CSF spaces (:mod:`services.recon.data.atrophy`),
+and any slice a diffusion b = 0 contrast.
 
 Everything is a function of the ``numpy.random.Generator`` passed in: same seed, same slice.
 """
@@ -19,6 +19,7 @@ Everything is a function of the ``numpy.random.Generator`` passed in: same seed,
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, fields
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -281,35 +282,41 @@ def with_smooth_phase(magnitude: np.ndarray, rng: np.random.Generator) -> np.nda
     return result
 
 
+@dataclass(frozen=True)
+class SliceVariations:
+    """How often a synthetic slice gets each optional variation (probabilities in [0, 1]).
+
+    A variation at 0 draws no random numbers, so banks built before it existed rebuild
+    identically.
+    """
+
+    fold_probability: float = 0.0
+    """Cortical sulci on a tissue-map slice (:mod:`services.recon.data.folds`)."""
+    atrophy_probability: float = 0.0
+    """Widened CSF spaces on a tissue-map slice (:mod:`services.recon.data.atrophy`)."""
+    dwi_probability: float = 0.0
+    """A diffusion b = 0 contrast on any slice (:func:`.contrast.random_tissue_contrast`)."""
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            check_probability(field.name, getattr(self, field.name))
+
+
 def synthesize_head_slice_with_info(
     rng: np.random.Generator,
     size: int = 128,
     pixel_mm: float = 2.0,
-    fold_probability: float = 0.0,
-    atrophy_probability: float = 0.0,
-    dwi_probability: float = 0.0,
+    variations: SliceVariations | None = None,
 ) -> SynthesizedSlice:
-    """One synthetic complex head slice (complex64, size x size) and how it was made.
-
-    With ``fold_probability`` > 0 a tissue-map slice gets cortical sulci with that
-    probability, with ``atrophy_probability`` > 0 widened CSF spaces, and with
-    ``dwi_probability`` > 0 a diffusion b = 0 contrast; at 0 no extra random numbers are drawn,
-    so older banks stay reproducible.
-    """
+    """One synthetic complex head slice (complex64, size x size) and how it was made."""
     if size < 8 or not 0.25 <= pixel_mm <= 8.0:
         raise InputError(f"need size >= 8 and 0.25 <= pixel_mm <= 8, got {size}, {pixel_mm}")
-    check_probability("fold_probability", fold_probability)
-    check_probability("atrophy_probability", atrophy_probability)
-    check_probability("dwi_probability", dwi_probability)
+    chance = variations or SliceVariations()
     recipe = RECIPES[int(rng.choice(len(RECIPES), p=recipe_weights(pixel_mm)))]
-    folded = fold_probability > 0.0 and recipe.mode == "tissue" and rng.uniform() < fold_probability
-    atrophic = (
-        atrophy_probability > 0.0
-        and recipe.mode == "tissue"
-        and rng.uniform() < atrophy_probability
-    )
+    folded = _tissue_variation(recipe, chance.fold_probability, rng)
+    atrophic = _tissue_variation(recipe, chance.atrophy_probability, rng)
     orientation = ORIENTATIONS[int(rng.choice(len(ORIENTATIONS), p=ORIENTATION_PROBABILITIES))]
-    contrast = random_tissue_contrast(rng, dwi_probability)
+    contrast = random_tissue_contrast(rng, chance.dwi_probability)
     magnitude = np.zeros((size, size), dtype=np.float32)
     for _attempt in range(8):
         plane = random_plane(rng, orientation, size, pixel_mm)
@@ -345,6 +352,11 @@ def synthesize_head_slice_with_info(
         folded=folded,
         atrophic=atrophic,
     )
+
+
+def _tissue_variation(recipe: Recipe, probability: float, rng: np.random.Generator) -> bool:
+    """Whether a tissue-map slice gets a variation of this ``probability`` (no draw at 0)."""
+    return probability > 0.0 and recipe.mode == "tissue" and rng.uniform() < probability
 
 
 def synthesize_head_slice(
