@@ -108,8 +108,9 @@ def anomaly(
     guidance: Annotated[
         str | None,
         typer.Option(
-            help="guided only: make the slice's pooled logit healthy, or every location of the "
-            "classifier's evidence map (slice or location; default: chosen on validation)"
+            help="guided only: make the slice's pooled logit healthy (slice), every location of "
+            "the classifier's evidence map (location), or the slice's logit with its pull "
+            "gated by the evidence map (gated); default: chosen on validation"
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="seed recorded with the output")] = 0,
@@ -335,7 +336,8 @@ def tune_anomaly_command(
         str | None, typer.Option(help="comma-separated s grid for guided (default: module's)")
     ] = None,
     guidance: Annotated[
-        str, typer.Option(help="comma-separated guidance targets for guided: slice, location")
+        str,
+        typer.Option(help="comma-separated guidance targets for guided: slice, location, gated"),
     ] = "slice",
     lesion_free: Annotated[
         bool,
@@ -417,7 +419,7 @@ def bench_anomaly_command(
         str,
         typer.Option(
             help="methods; guided@input or guided@unguided fixes the guided map's reference, "
-            "guided:slice or guided:location its guidance target"
+            "guided:slice, guided:location or guided:gated its guidance target"
         ),
     ] = "guided,unguided,zscore",
     max_slices: Annotated[int | None, typer.Option(help="evaluation slices (default all)")] = None,

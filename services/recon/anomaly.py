@@ -15,7 +15,10 @@ What guidance makes healthy (``guidance``): ``"slice"`` follows the slice's pool
 (Wolleb et al.'s image-level classifier); ``"location"`` follows every cell of the classifier's
 lesion-evidence map at once (``sum_c log p(cell c healthy)``), so each region that looks
 lesioned is pulled in proportion to its own evidence rather than through the few cells that
-dominate the pooled logit.
+dominate the pooled logit; ``"gated"`` follows the slice's pooled logit but weighs its gradient
+pixel by pixel with the classifier's own lesion probability there (the evidence map's sigmoid,
+upsampled), so the slice decision sets how hard the decoding pulls and the evidence map where:
+healthy tissue that the gradient reaches through the network's receptive field is left alone.
 
 Three methods share one interface (:class:`AnomalyDetector`):
 
@@ -46,6 +49,7 @@ from torch import Tensor
 
 from services.recon.classifier import (
     LoadedClassifier,
+    lesion_probability_map,
     log_prob_healthy,
     log_prob_healthy_everywhere,
     prior_input_from_magnitude,
@@ -60,8 +64,9 @@ from services.recon.unet import crop_to, pad_to_multiple
 METHODS = ("guided", "unguided", "zscore")
 REFERENCES = ("input", "unguided")
 """What the healthy version is compared with: the input (Wolleb et al.) or its unguided decoding."""
-GUIDANCE_TARGETS = ("slice", "location")
-"""What guidance makes healthy: the slice's pooled logit, or every location of the evidence map."""
+GUIDANCE_TARGETS = ("slice", "location", "gated")
+"""What guidance makes healthy: the slice's pooled logit, every location of the evidence map, or
+the slice's pooled logit with its pull gated by the evidence map."""
 RESEARCH_USE_ONLY = "research use only, not for diagnosis"
 DEFAULTS_FILE = Path(__file__).resolve().parent / "weights" / "anomaly_defaults.json"
 """Knobs chosen on the validation split by ``mrdiff bench tune-anomaly``."""
@@ -358,17 +363,22 @@ class AnomalyDetector:
     def _guidance(self) -> Guidance:
         assert self.classifier is not None
         classifier = self.classifier.model
-        scale = self.config.scale
-        log_prob = {"slice": log_prob_healthy, "location": log_prob_healthy_everywhere}[
-            self.config.guidance
-        ]
+        scale, target = self.config.scale, self.config.guidance
 
         def grad_log_healthy(x: Tensor, t: int) -> Tensor:
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
                 with bf16_autocast(x.device, self.config.bf16):
-                    log_p = log_prob(classifier, x_in, _timestep_batch(t, x))
+                    evidence = classifier.evidence(x_in, _timestep_batch(t, x))
+                    if target == "location":
+                        log_p = log_prob_healthy_everywhere(evidence)
+                    else:
+                        log_p = log_prob_healthy(classifier, evidence)
                 (gradient,) = torch.autograd.grad(log_p.sum(), x_in)
+            if target == "gated":
+                gradient = gradient * lesion_probability_map(
+                    evidence.detach(), (x.shape[-2], x.shape[-1])
+                )
             return scale * gradient.float()
 
         return grad_log_healthy

@@ -141,12 +141,12 @@ def prior_input_from_magnitude(magnitude: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack([real, torch.zeros_like(real)], dim=1), scale
 
 
-def log_prob_healthy(classifier: NoiseAwareClassifier, x: Tensor, t: Tensor) -> Tensor:
-    """``log p(healthy | x_t, t)`` per image, shape ``(B,)``."""
-    return F.logsigmoid(-classifier.lesion_logit(x, t))
+def log_prob_healthy(classifier: NoiseAwareClassifier, evidence: Tensor) -> Tensor:
+    """``log p(healthy | x_t, t)`` per image, shape ``(B,)``, from its evidence map."""
+    return F.logsigmoid(-classifier.pool(evidence))
 
 
-def log_prob_healthy_everywhere(classifier: NoiseAwareClassifier, x: Tensor, t: Tensor) -> Tensor:
+def log_prob_healthy_everywhere(evidence: Tensor) -> Tensor:
     """``sum_c log p(location c healthy | x_t, t)`` per image, shape ``(B,)``.
 
     Each cell of the evidence map is a per-location classifier (training supervises it with the
@@ -154,7 +154,14 @@ def log_prob_healthy_everywhere(classifier: NoiseAwareClassifier, x: Tensor, t: 
     gradient is the sum of every cell's pull weighted by that cell's lesion probability, where
     the pooled slice logit pulls mostly at its few highest cells.
     """
-    return F.logsigmoid(-classifier.evidence(x, t).float()).flatten(1).sum(dim=1)
+    return F.logsigmoid(-evidence.float()).flatten(1).sum(dim=1)
+
+
+def lesion_probability_map(evidence: Tensor, size: tuple[int, int]) -> Tensor:
+    """Each pixel's lesion probability ``(B, 1, H, W)``: the evidence map's sigmoid, upsampled
+    bilinearly from the classifier's coarsest scale to ``size``."""
+    probability = torch.sigmoid(evidence.float())
+    return F.interpolate(probability, size=size, mode="bilinear", align_corners=False)
 
 
 # --- weights -------------------------------------------------------------------------------

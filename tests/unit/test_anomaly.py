@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor
 
 from services.recon.anomaly import (
+    GUIDANCE_TARGETS,
     AnomalyConfig,
     AnomalyDetector,
     EpsModel,
@@ -20,7 +22,12 @@ from services.recon.anomaly import (
     otsu_mask,
     zscore_map,
 )
-from services.recon.classifier import ClassifierConfig, LoadedClassifier, NoiseAwareClassifier
+from services.recon.classifier import (
+    ClassifierConfig,
+    LoadedClassifier,
+    NoiseAwareClassifier,
+    lesion_probability_map,
+)
 from services.recon.data.lesions import insert_lesion
 from services.recon.diffusion import DiffusionSchedule, space_timesteps
 from services.recon.errors import InputError
@@ -417,23 +424,39 @@ def test_unguided_reference_leaves_only_what_guidance_changed(
         detector(tiny_prior, tiny_classifier, reference="mean")
 
 
-def test_location_guidance_changes_the_decoding_and_is_recorded(
+def test_each_guidance_target_changes_the_decoding_its_own_way_and_is_recorded(
     tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
 ) -> None:
     image = head_phantom(32) * 40.0
     knobs: dict[str, object] = {"smoothing_px": 0.0, "bf16": False, "reference": "unguided"}
-    zero = detector(tiny_prior, tiny_classifier, scale=0.0, guidance="location", **knobs)
-    assert not zero.detect(image).anomaly_map.any()
-    by_target = {
-        target: detector(tiny_prior, tiny_classifier, scale=500.0, guidance=target, **knobs)
-        for target in ("slice", "location")
-    }
-    maps = {target: d.detect(image).anomaly_map for target, d in by_target.items()}
-    assert maps["location"].max() > 0
-    assert not np.allclose(maps["location"], maps["slice"])
-    assert by_target["location"].attributes()["anomaly_guidance"] == "location"
+    maps = {}
+    for target in GUIDANCE_TARGETS:
+        zero = detector(tiny_prior, tiny_classifier, scale=0.0, guidance=target, **knobs)
+        assert not zero.detect(image).anomaly_map.any()
+        guided = detector(tiny_prior, tiny_classifier, scale=500.0, guidance=target, **knobs)
+        maps[target] = guided.detect(image).anomaly_map
+        assert maps[target].max() > 0
+        assert guided.attributes()["anomaly_guidance"] == target
+    for first, second in itertools.combinations(GUIDANCE_TARGETS, 2):
+        assert not np.allclose(maps[first], maps[second])
     with pytest.raises(InputError, match="unknown guidance target"):
         detector(tiny_prior, tiny_classifier, guidance="pixel")
+
+
+def test_gated_guidance_is_the_slice_gradient_weighted_by_the_lesion_probability_map(
+    tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    torch.manual_seed(3)
+    x, t = torch.randn(2, 2, 32, 32), 120
+    gradients = {
+        target: detector(tiny_prior, tiny_classifier, guidance=target, bf16=False)._guidance()(x, t)
+        for target in ("slice", "gated")
+    }
+    with torch.no_grad():
+        evidence = tiny_classifier.model.evidence(x, torch.full((2,), t))
+    gate = lesion_probability_map(evidence, (32, 32))
+    assert gate.shape == (2, 1, 32, 32) and gate.min() > 0 and gate.max() < 1
+    torch.testing.assert_close(gradients["gated"], gradients["slice"] * gate)
 
 
 def test_tuning_scores_both_references_of_one_guided_run(

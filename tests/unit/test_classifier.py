@@ -81,7 +81,7 @@ def test_pooling_lies_between_mean_and_max_evidence() -> None:
     assert torch.all(pooled >= evidence.mean(1) - 1e-5)
     assert torch.all(pooled <= evidence.max(1).values + 1e-5)
     expected = torch.nn.functional.logsigmoid(-pooled)
-    torch.testing.assert_close(log_prob_healthy(model, x, t), expected)
+    torch.testing.assert_close(log_prob_healthy(model, model.evidence(x, t)), expected)
 
 
 def test_everywhere_healthy_is_the_sum_over_locations_and_at_most_the_likeliest_cell() -> None:
@@ -90,7 +90,7 @@ def test_everywhere_healthy_is_the_sum_over_locations_and_at_most_the_likeliest_
     x, t = torch.randn(2, 2, 32, 32), torch.tensor([5, 500])
     with torch.no_grad():
         cells = torch.nn.functional.logsigmoid(-model.evidence(x, t)).flatten(1)
-        everywhere = log_prob_healthy_everywhere(model, x, t)
+        everywhere = log_prob_healthy_everywhere(model.evidence(x, t))
     torch.testing.assert_close(everywhere, cells.sum(1))
     assert torch.all(everywhere <= cells.max(1).values + 1e-6)
 
