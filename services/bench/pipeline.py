@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from services.bench.json_rows import JsonOption, prepare_json_target, write_json_rows
 from services.storage.keys import API_UPLOADS_SEGMENT
 
 if TYPE_CHECKING:  # the CLI imports this module; prefect and the S3 client load when it runs
@@ -195,10 +196,9 @@ def pipeline_command(
     slices: Annotated[
         int | None, typer.Option(help="use the sample study's first N slices (default all)")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write rows as JSON")] = None,
+    json_out: JsonOption = None,
 ) -> None:
     """Slices/min through the whole pipeline (1 and 2 Ray actors) vs the core in one process."""
-    import json
 
     from rich.console import Console
     from rich.table import Table
@@ -209,6 +209,7 @@ def pipeline_command(
     from services.stack import demo as demo_flow
     from services.storage.storage import Storage
 
+    prepare_json_target(json_out)
     stack = ensure_stack()
     settings = stack.client_settings()
     storage = Storage.from_settings(settings)
@@ -249,8 +250,7 @@ def pipeline_command(
             f"{row.pool_start_seconds:.1f}",
         )
     Console(width=140).print(table)
-    if json_out is not None:
-        json_out.write_text(json.dumps([row.as_dict() for row in rows], indent=2) + "\n")
+    write_json_rows(json_out, (row.as_dict() for row in rows))
 
 
 def register_bench(bench_app: typer.Typer) -> None:

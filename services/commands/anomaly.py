@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.bench.json_rows import JsonOption, prepare_json_target, write_json_rows
 from services.commands.train import GeometryOption, PixelSizesOption
 from services.recon.anomaly import (
     GUIDANCE_TARGETS,
@@ -429,12 +430,13 @@ def bench_anomaly_command(
     weights: PriorOption = None,
     classifier: ClassifierOption = None,
     batch: Annotated[int, typer.Option(help="slices per batch")] = 8,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write rows as JSON")] = None,
+    json_out: JsonOption = None,
     by_source: Annotated[bool, typer.Option(help="also a row per source volume")] = False,
 ) -> None:
     """Anomaly maps on the EVALUATION split with held-out-family lesions and lesion-free slices."""
     from services.bench import anomaly as bench
 
+    prepare_json_target(json_out)
     chosen_methods = [m.strip() for m in methods.split(",") if m.strip()]
     cases = bench.build_cases("evaluation", max_slices)
     detectors = {m: _bench_detector(m, weights, classifier) for m in chosen_methods}
@@ -452,8 +454,7 @@ def bench_anomaly_command(
     for method, detector in detectors.items():
         typer.echo(f"{method}: {detector.attributes()}")
     print_rows(rows, "mrdiff bench anomaly (evaluation split, held-out lesion family)")
-    if json_out is not None:
-        json_out.write_text(json.dumps([row._asdict() for row in rows], indent=2) + "\n")
+    write_json_rows(json_out, (row._asdict() for row in rows))
 
 
 def _bench_detector(name: str, weights: Path | None, classifier: Path | None) -> AnomalyDetector:

@@ -13,6 +13,7 @@ from rich.table import Table
 from services.bench import denoising as denoising_bench
 from services.bench import recon as recon_bench
 from services.bench import speed as speed_bench
+from services.bench.json_rows import JsonOption, prepare_json_target, write_json_rows
 from services.bench.pipeline import register_bench as register_pipeline_bench
 from services.commands.recon import progress_bar
 from services.recon.engine import ReconEngine, ReconOptions
@@ -114,7 +115,7 @@ def bench_recon(
     weights: Annotated[
         Path | None, typer.Option(help="prior weights (default: the shipped prior)")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write rows as JSON")] = None,
+    json_out: JsonOption = None,
 ) -> None:
     """Reconstruction quality and speed on the evaluation split (lambdas from validation)."""
     if split not in ("evaluation", "validation"):
@@ -122,6 +123,7 @@ def bench_recon(
     split_name: Literal["validation", "evaluation"] = (
         "validation" if split == "validation" else "evaluation"
     )
+    prepare_json_target(json_out)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     if any(m in recon_bench.CS_METHODS for m in chosen) and not recon_bench.load_lambdas():
         raise InputError("no CS lambdas chosen yet; run `mrdiff bench tune-cs` first")
@@ -143,8 +145,7 @@ def bench_recon(
         )
     print_rows(rows, f"mrdiff bench recon ({split} split, single-coil simulated k-space)")
     typer.echo(f"peak RSS: {recon_bench.peak_rss_mb():.0f} MB")
-    if json_out is not None:
-        json_out.write_text(json.dumps([row._asdict() for row in rows], indent=2) + "\n")
+    write_json_rows(json_out, (row._asdict() for row in rows))
 
 
 @bench_app.command("speed")
