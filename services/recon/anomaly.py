@@ -17,8 +17,9 @@ lesion-evidence map at once (``sum_c log p(cell c healthy)``), so each region th
 lesioned is pulled in proportion to its own evidence rather than through the few cells that
 dominate the pooled logit; ``"gated"`` follows the slice's pooled logit but weighs its gradient
 pixel by pixel with the classifier's own lesion probability there (the evidence map's sigmoid,
-upsampled), so the slice decision sets how hard the decoding pulls and the evidence map where:
-healthy tissue that the gradient reaches through the network's receptive field is left alone.
+upsampled, to the power :data:`GATE_POWER`), so the slice decision sets how hard the decoding
+pulls and the evidence map where: healthy tissue that the gradient reaches through the network's
+receptive field is left alone.
 
 Three methods share one interface (:class:`AnomalyDetector`):
 
@@ -67,6 +68,10 @@ REFERENCES = ("input", "unguided")
 GUIDANCE_TARGETS = ("slice", "location", "gated")
 """What guidance makes healthy: the slice's pooled logit, every location of the evidence map, or
 the slice's pooled logit with its pull gated by the evidence map."""
+GATE_POWER = 8
+"""Gated guidance weighs the gradient by the lesion probability to this power, so the pull
+concentrates on the cells the classifier is surest of; chosen on validation among 1, 2, 4, 8
+and 16 (BENCHMARKS.md, anomaly section, session 16)."""
 RESEARCH_USE_ONLY = "research use only, not for diagnosis"
 DEFAULTS_FILE = Path(__file__).resolve().parent / "weights" / "anomaly_defaults.json"
 """Knobs chosen on the validation split by ``mrdiff bench tune-anomaly``."""
@@ -376,9 +381,8 @@ class AnomalyDetector:
                         log_p = log_prob_healthy(classifier, evidence)
                 (gradient,) = torch.autograd.grad(log_p.sum(), x_in)
             if target == "gated":
-                gradient = gradient * lesion_probability_map(
-                    evidence.detach(), (x.shape[-2], x.shape[-1])
-                )
+                gate = lesion_probability_map(evidence.detach(), (x.shape[-2], x.shape[-1]))
+                gradient = gradient * gate**GATE_POWER
             return scale * gradient.float()
 
         return grad_log_healthy

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from services.recon.anomaly import (
+    GATE_POWER,
     GUIDANCE_TARGETS,
     AnomalyConfig,
     AnomalyDetector,
@@ -443,7 +444,7 @@ def test_each_guidance_target_changes_the_decoding_its_own_way_and_is_recorded(
         detector(tiny_prior, tiny_classifier, guidance="pixel")
 
 
-def test_gated_guidance_is_the_slice_gradient_weighted_by_the_lesion_probability_map(
+def test_gated_guidance_is_the_slice_gradient_weighted_by_a_power_of_the_lesion_probability(
     tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
 ) -> None:
     torch.manual_seed(3)
@@ -456,7 +457,7 @@ def test_gated_guidance_is_the_slice_gradient_weighted_by_the_lesion_probability
         evidence = tiny_classifier.model.evidence(x, torch.full((2,), t))
     gate = lesion_probability_map(evidence, (32, 32))
     assert gate.shape == (2, 1, 32, 32) and gate.min() > 0 and gate.max() < 1
-    torch.testing.assert_close(gradients["gated"], gradients["slice"] * gate)
+    torch.testing.assert_close(gradients["gated"], gradients["slice"] * gate**GATE_POWER)
 
 
 def test_tuning_scores_both_references_of_one_guided_run(
