@@ -256,6 +256,7 @@ def with_overrides(
     steps: int | None = None,
     start_step: int | None = None,
     samples: int | None = None,
+    consistency: str | None = None,
 ) -> ReconOptions:
     """``options`` with the validation knobs of :func:`bench_recon` applied where they apply."""
     if options.method != "diffusion":
@@ -268,6 +269,8 @@ def with_overrides(
         options = replace(options, start_step=start_step)
     if samples is not None:
         options = replace(options, samples=samples)
+    if consistency is not None:
+        options = replace(options, consistency=consistency)
     return options
 
 
@@ -283,13 +286,14 @@ def bench_recon(
     steps: int | None = None,
     start_step: int | None = None,
     samples: int | None = None,
+    consistency: str | None = None,
 ) -> list[BenchRow]:
     """Score ``methods`` on a split in every setting, overall and real scans only.
 
     ``split="validation"`` is for choosing settings (``warm_start`` overrides the warm-start
     step of the warm variants, ``steps`` the coarse steps of the respaced variants,
-    ``start_step`` the cold-start timestep and ``samples`` the number of samples of every
-    diffusion variant); reported
+    ``start_step`` the cold-start timestep, ``samples`` the number of samples and ``consistency``
+    the data-consistency mode of every diffusion variant); reported
     numbers come from the evaluation split.
     """
     evaluation = load_split(split)
@@ -304,7 +308,12 @@ def bench_recon(
                 acquisitions[:full_schedule_slices] if name == "diffusion-full" else acquisitions
             )
             options = with_overrides(
-                method_options(name, setting, lambdas), warm_start, steps, start_step, samples
+                method_options(name, setting, lambdas),
+                warm_start,
+                steps,
+                start_step,
+                samples,
+                consistency,
             )
             scores = run_method(engine, subset, options, on_slice)
             rows.append(BenchRow(setting.key, name, "all", scores.summary()))

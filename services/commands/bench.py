@@ -112,6 +112,10 @@ def bench_recon(
     samples: Annotated[
         int | None, typer.Option(min=1, help="override the samples of diffusion variants")
     ] = None,
+    consistency: Annotated[
+        str | None,
+        typer.Option(help="override where diffusion variants meet the data: noised or estimate"),
+    ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="prior weights (default: the shipped prior)")
     ] = None,
@@ -123,6 +127,8 @@ def bench_recon(
     split_name: Literal["validation", "evaluation"] = (
         "validation" if split == "validation" else "evaluation"
     )
+    if consistency is not None:
+        ReconOptions(consistency=consistency).validated()
     prepare_json_target(json_out)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     if any(m in recon_bench.CS_METHODS for m in chosen) and not recon_bench.load_lambdas():
@@ -142,6 +148,7 @@ def bench_recon(
             steps=steps,
             start_step=start_step,
             samples=samples,
+            consistency=consistency,
         )
     print_rows(rows, f"mrdiff bench recon ({split} split, single-coil simulated k-space)")
     typer.echo(f"peak RSS: {recon_bench.peak_rss_mb():.0f} MB")

@@ -20,6 +20,7 @@ from services.recon.errors import InputError
 from services.recon.io import ImageVolume, KspaceVolume
 from services.recon.masks import MASK_KINDS, make_mask
 from services.recon.sampler import (
+    CONSISTENCY_MODES,
     DEFAULT_COARSE_STEPS,
     DEFAULT_REFINE_STEPS,
     VARIANCE_SMOOTHING_PX,
@@ -58,6 +59,7 @@ class ReconOptions:
     start_step: int | None = None
     noise_std: float | None = 0.0
     variance_smoothing_px: float = VARIANCE_SMOOTHING_PX
+    consistency: str = "noised"
     lam: float | None = None
     cs_iterations: int = 100
     anomaly: bool = False
@@ -80,6 +82,11 @@ class ReconOptions:
             )
         if self.lam is not None and not self.lam > 0:
             raise InputError(f"lam must be positive, got {self.lam}")
+        if self.consistency not in CONSISTENCY_MODES:
+            raise InputError(
+                f"unknown consistency {self.consistency!r}; "
+                f"choose one of {', '.join(CONSISTENCY_MODES)}"
+            )
         if self.anomaly_method not in ANOMALY_METHODS:
             raise InputError(
                 f"unknown anomaly method {self.anomaly_method!r}; "
@@ -320,6 +327,7 @@ class ReconEngine:
             start_step=options.start_step,
             noise_std=options.noise_std,
             variance_smoothing_px=options.variance_smoothing_px,
+            consistency=options.consistency,
         )
         if options.warm_start is not None and initial is None:
             initial = baselines.run_baseline(

@@ -20,6 +20,10 @@ level where the diffusion noise falls under it the measurements enter with a wei
 the prior removes the measurement noise instead of copying it into the output. ``noise_std = 0``
 restores DiffuseRecon's exact replacement (output exactly consistent with the measurements).
 
+An alternative (``consistency="estimate"``, after DDNM, Wang et al., ICLR 2023) makes each
+step's clean-image estimate consistent with the clean measurements instead; it measured the same
+as DiffuseRecon's fusion on the validation split (BENCHMARKS.md, session 17), so fusion stays.
+
 Warm start (Chung et al., "Come-Closer-Diffuse-Faster", CVPR 2022): the coarse stage may start
 from an initial estimate noised to ``t0`` and run only the respaced steps below it.
 
@@ -82,6 +86,10 @@ whose uncertainty is alike lowers that. Chosen on the validation split (6 slices
 (1-D 4x, 1-D 8x, Poisson 4x), with AUSE falling; 3 px added under 0.01, while blurring the
 map's detail (BENCHMARKS.md, session 6). 0 gives the raw per-pixel variance."""
 MAX_VARIANCE_SMOOTHING_PX = 16.0
+CONSISTENCY_MODES = ("noised", "estimate")
+"""Where the coarse stage meets the measurements: ``noised`` replaces the k-space of each
+``x_t`` by the measurements noised to its level (DiffuseRecon); ``estimate`` makes each step's
+clean-image estimate consistent with the clean measurements before the step (DDNM)."""
 TRAINED_PIXEL_MM = (0.7, 2.5)
 SENSIBLE_MATRIX = (64, 512)
 CENTRE_BLOCK_FRACTION = 0.08
@@ -120,6 +128,7 @@ class SamplerConfig:
     noise_std: float | None = 0.0
     variance_smoothing_px: float = VARIANCE_SMOOTHING_PX
     final_dc_iterations: int = 10
+    consistency: str = "noised"
     keep_samples: bool = False
     bf16: bool = True
 
@@ -134,6 +143,9 @@ class SamplerConfig:
             raise InputError(f"start_step must be in [0, {num_timesteps - 1}]")
         if self.warm_start is not None and not 0 <= self.warm_start < num_timesteps:
             raise InputError(f"warm_start must be in [0, {num_timesteps - 1}]")
+        if self.consistency not in CONSISTENCY_MODES:
+            choices = ", ".join(CONSISTENCY_MODES)
+            raise InputError(f"consistency must be one of {choices}, got {self.consistency!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise InputError(f"eta must be in [0, 1], got {self.eta}")
         if not 0.5 <= self.spacing_power <= 4.0:
@@ -248,6 +260,25 @@ class Measurement:
         iterations = final_iterations if t == CLEAN else 1
         weight = self.weight(schedule, t)
         return to_channels(self.project(to_complex(x), target, iterations, weight))
+
+    def consistent_eps(
+        self,
+        x: Tensor,
+        eps: Tensor,
+        schedule: DiffusionSchedule,
+        t: int,
+        clip_x0: float | None,
+        iterations: int,
+    ) -> Tensor:
+        """The noise estimate whose clean image is the prior's, made consistent with the clean
+        measurements (DDNM, Wang et al., ICLR 2023; DDS, Chung et al., ICLR 2024)."""
+        x0 = schedule.predict_x0(x, t, eps)
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+        batch = x.shape[0]
+        target = self.kspace.expand(batch, *self.kspace.shape)
+        x0 = self.after_step(x0, target, schedule, CLEAN, iterations)
+        return schedule.predict_eps(x, t, x0)
 
     def _cgls(self, image: Tensor, target: Tensor, iterations: int) -> Tensor:
         """CGLS (Hestenes-Stiefel) for the SENSE least-squares problem, batched, from ``image``."""
@@ -470,9 +501,14 @@ def iter_reconstruct(
         with torch.inference_mode():
             eps = eps_fn(x, t)
             noise = randn(x.shape, generator, device) if cfg.eta > 0 else None
-            x = schedule.ddim_step(x, eps, t, t_prev, cfg.eta, noise, cfg.clip_x0)
-            target = data.noised(schedule, t_prev, batch, generator)
-            x = data.after_step(x, target, schedule, t_prev, cfg.final_dc_iterations)
+            clip = cfg.clip_x0
+            if cfg.consistency == "estimate":
+                eps = data.consistent_eps(x, eps, schedule, t, clip, cfg.final_dc_iterations)
+                clip = None  # clipped before the projection; clipping again would undo it
+            x = schedule.ddim_step(x, eps, t, t_prev, cfg.eta, noise, clip)
+            if cfg.consistency == "noised":
+                target = data.noised(schedule, t_prev, batch, generator)
+                x = data.after_step(x, target, schedule, t_prev, cfg.final_dc_iterations)
         yield Progress("coarse", number, len(pairs))
 
     with torch.inference_mode():

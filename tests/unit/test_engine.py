@@ -49,6 +49,7 @@ def image_volume(slices: int = 2, size: int = 32) -> ImageVolume:
         (ReconOptions(method="magic"), "method"),
         (ReconOptions(samples=0), "samples"),
         (ReconOptions(lam=-1.0), "lam"),
+        (ReconOptions(consistency="exact"), "consistency"),
     ],
 )
 def test_bad_options_are_named(options: ReconOptions, word: str) -> None:

@@ -334,3 +334,22 @@ def test_an_initial_estimate_alone_starts_warm_at_the_default_t0(tiny_prior: Loa
     assert result.timesteps[-1] == 99  # min(400, T - 1) for this T = 100 prior
     cold = reconstruct(tiny_prior, kspace, mask, config=config)
     assert not np.allclose(result.image, cold.image)
+
+
+def test_consistency_on_the_clean_estimate_keeps_the_measurements(tiny_prior: LoadedPrior) -> None:
+    mask = column_mask()
+    kspace = physics.fft2c(phantom()) * mask
+    config = replace(FAST, consistency="estimate", refine_steps=0)
+    result = reconstruct(tiny_prior, kspace, mask, config=config, seed=1)
+    assert result.dc_residual < 1e-5
+    noised = reconstruct(tiny_prior, kspace, mask, config=replace(config, consistency="noised"))
+    assert not np.allclose(result.image, noised.image)
+    maps = birdcage_maps(4, (SIZE, SIZE))
+    coils = physics.sense_forward(phantom(), maps, np.ones((SIZE, SIZE), bool)) * mask
+    start = physics.data_consistency_residual(
+        physics.sense_adjoint(coils, maps, mask), coils, mask, maps=maps
+    )
+    multi = reconstruct(tiny_prior, coils, mask, maps=maps, config=config, seed=0)
+    assert multi.dc_residual < start
+    with pytest.raises(InputError, match="consistency"):
+        reconstruct(tiny_prior, kspace, mask, config=replace(FAST, consistency="exact"))
