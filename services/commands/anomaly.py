@@ -111,7 +111,8 @@ def anomaly(
         typer.Option(
             help="guided only: make the slice's pooled logit healthy (slice), every location of "
             "the classifier's evidence map (location), or the slice's logit with its pull "
-            "gated by the evidence map (gated); default: chosen on validation"
+            "gated by the evidence map at each step (gated) or read once from the input "
+            "(gated-input); default: chosen on validation"
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="seed recorded with the output")] = 0,
@@ -338,7 +339,9 @@ def tune_anomaly_command(
     ] = None,
     guidance: Annotated[
         str,
-        typer.Option(help="comma-separated guidance targets for guided: slice, location, gated"),
+        typer.Option(
+            help="comma-separated guidance targets for guided: slice, location, gated, gated-input"
+        ),
     ] = "slice",
     lesion_free: Annotated[
         bool,

@@ -19,7 +19,8 @@ dominate the pooled logit; ``"gated"`` follows the slice's pooled logit but weig
 pixel by pixel with the classifier's own lesion probability there (the evidence map's sigmoid,
 upsampled, to the power :data:`GATE_POWER`), so the slice decision sets how hard the decoding
 pulls and the evidence map where: healthy tissue that the gradient reaches through the network's
-receptive field is left alone.
+receptive field is left alone. ``"gated-input"`` reads that gate once, from the classifier's
+evidence on the clean input (t = 0), instead of at every step's noisy ``x_t``.
 
 Three methods share one interface (:class:`AnomalyDetector`):
 
@@ -65,9 +66,10 @@ from services.recon.unet import crop_to, pad_to_multiple
 METHODS = ("guided", "unguided", "zscore")
 REFERENCES = ("input", "unguided")
 """What the healthy version is compared with: the input (Wolleb et al.) or its unguided decoding."""
-GUIDANCE_TARGETS = ("slice", "location", "gated")
+GUIDANCE_TARGETS = ("slice", "location", "gated", "gated-input")
 """What guidance makes healthy: the slice's pooled logit, every location of the evidence map, or
-the slice's pooled logit with its pull gated by the evidence map."""
+the slice's pooled logit with its pull gated by the evidence map (read at each step's ``x_t``,
+or once from the clean input at t = 0, where the map localises best)."""
 GATE_POWER = 8
 """Gated guidance weighs the gradient by the lesion probability to this power, so the pull
 concentrates on the cells the classifier is surest of; chosen on validation among 1, 2, 4, 8
@@ -339,7 +341,11 @@ class AnomalyDetector:
         timesteps = space_timesteps(prior.schedule.num_timesteps, cfg.steps + 1, cfg.noise_level)
         timesteps = [t for t in timesteps if t > 0] or [cfg.noise_level]
         eps_model = self._eps_model()
-        guidance = self._guidance() if cfg.method == "guided" and cfg.scale > 0 else None
+        guidance = None
+        if cfg.method == "guided" and cfg.scale > 0:
+            guidance = self._guidance(
+                self._input_gate(x0) if cfg.guidance == "gated-input" else None
+            )
         with torch.no_grad():
             x_t = ddim_encode(eps_model, prior.schedule, x0, timesteps)
 
@@ -365,7 +371,15 @@ class AnomalyDetector:
 
         return eps
 
-    def _guidance(self) -> Guidance:
+    def _input_gate(self, x0: Tensor) -> Tensor:
+        """The classifier's lesion probability per pixel on the clean input, to the gate's power."""
+        assert self.classifier is not None
+        with torch.no_grad(), bf16_autocast(x0.device, self.config.bf16):
+            evidence = self.classifier.model.evidence(x0, _timestep_batch(0, x0))
+        return lesion_probability_map(evidence, (x0.shape[-2], x0.shape[-1])) ** GATE_POWER
+
+    def _guidance(self, input_gate: Tensor | None = None) -> Guidance:
+        """The scaled classifier score; ``input_gate`` (B, 1, H, W) replaces the per-step gate."""
         assert self.classifier is not None
         classifier = self.classifier.model
         scale, target = self.config.scale, self.config.guidance
@@ -380,7 +394,9 @@ class AnomalyDetector:
                     else:
                         log_p = log_prob_healthy(classifier, evidence)
                 (gradient,) = torch.autograd.grad(log_p.sum(), x_in)
-            if target == "gated":
+            if input_gate is not None:
+                gradient = gradient * input_gate
+            elif target == "gated":
                 gate = lesion_probability_map(evidence.detach(), (x.shape[-2], x.shape[-1]))
                 gradient = gradient * gate**GATE_POWER
             return scale * gradient.float()

@@ -460,6 +460,20 @@ def test_gated_guidance_is_the_slice_gradient_weighted_by_a_power_of_the_lesion_
     torch.testing.assert_close(gradients["gated"], gradients["slice"] * gate**GATE_POWER)
 
 
+def test_input_gate_is_read_once_from_the_clean_input(
+    tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
+) -> None:
+    torch.manual_seed(4)
+    x0, x, t = torch.randn(2, 2, 32, 32), torch.randn(2, 2, 32, 32), 120
+    gated = detector(tiny_prior, tiny_classifier, guidance="gated-input", bf16=False)
+    input_gate = gated._input_gate(x0)
+    with torch.no_grad():
+        evidence = tiny_classifier.model.evidence(x0, torch.zeros(2, dtype=torch.long))
+    expected = lesion_probability_map(evidence, (32, 32)) ** GATE_POWER
+    torch.testing.assert_close(input_gate, expected)
+    plain = detector(tiny_prior, tiny_classifier, guidance="slice", bf16=False)._guidance()(x, t)
+    torch.testing.assert_close(gated._guidance(input_gate)(x, t), plain * input_gate)
+
 def test_tuning_scores_both_references_of_one_guided_run(
     tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
 ) -> None:
