@@ -21,8 +21,8 @@ the prior removes the measurement noise instead of copying it into the output. `
 restores DiffuseRecon's exact replacement (output exactly consistent with the measurements).
 
 An alternative (``consistency="estimate"``, after DDNM, Wang et al., ICLR 2023) makes each
-step's clean-image estimate consistent with the clean measurements instead; it measured the same
-as DiffuseRecon's fusion on the validation split (BENCHMARKS.md, session 17), so fusion stays.
+step's clean-image estimate consistent with the clean measurements instead; it measured 0.1 dB
+below DiffuseRecon's fusion on the validation split (BENCHMARKS.md, session 17), so fusion stays.
 
 Warm start (Chung et al., "Come-Closer-Diffuse-Faster", CVPR 2022): the coarse stage may start
 from an initial estimate noised to ``t0`` and run only the respaced steps below it.

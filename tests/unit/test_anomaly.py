@@ -474,6 +474,7 @@ def test_input_gate_is_read_once_from_the_clean_input(
     plain = detector(tiny_prior, tiny_classifier, guidance="slice", bf16=False)._guidance()(x, t)
     torch.testing.assert_close(gated._guidance(input_gate)(x, t), plain * input_gate)
 
+
 def test_tuning_scores_both_references_of_one_guided_run(
     tiny_prior: LoadedPrior, tiny_classifier: LoadedClassifier
 ) -> None:
