@@ -15,6 +15,11 @@ import typer
 from services.commands import register_all
 from services.recon.errors import InputError
 
+try:  # typer >= 0.23 parses with its own copy of click, whose errors are not click's
+    from typer._click.exceptions import ClickException as TyperClickException
+except ImportError:  # older typer parses with click itself
+    TyperClickException = click.ClickException  # type: ignore[misc,assignment]
+
 app = typer.Typer(
     name="mrdiff",
     help="MRI reconstruction with a diffusion prior. Research use only, not for diagnosis.",
@@ -31,13 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="mrdiff", standalone_mode=False)
-    except click.ClickException as error:
+    except (click.ClickException, TyperClickException) as error:
         error.show()
         sys.exit(error.exit_code)
     except (InputError, OSError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
         click.echo("interrupted", err=True)
         sys.exit(130)
 

@@ -185,3 +185,13 @@ def test_bad_noise_std_exits_2_with_one_line(
     message = capsys.readouterr().err.strip()
     assert len(message.splitlines()) == 1 and "--noise-std" in message, message
     assert not out.exists()
+
+
+def test_unknown_option_is_a_usage_error_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "export", "--bogus"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "No such option: --bogus" in message and "Traceback" not in message
