@@ -341,11 +341,7 @@ class AnomalyDetector:
         timesteps = space_timesteps(prior.schedule.num_timesteps, cfg.steps + 1, cfg.noise_level)
         timesteps = [t for t in timesteps if t > 0] or [cfg.noise_level]
         eps_model = self._eps_model()
-        guidance = None
-        if cfg.method == "guided" and cfg.scale > 0:
-            guidance = self._guidance(
-                self._input_gate(x0) if cfg.guidance == "gated-input" else None
-            )
+        guidance = self._guidance(x0) if cfg.method == "guided" and cfg.scale > 0 else None
         with torch.no_grad():
             x_t = ddim_encode(eps_model, prior.schedule, x0, timesteps)
 
@@ -378,11 +374,12 @@ class AnomalyDetector:
             evidence = self.classifier.model.evidence(x0, _timestep_batch(0, x0))
         return lesion_probability_map(evidence, (x0.shape[-2], x0.shape[-1])) ** GATE_POWER
 
-    def _guidance(self, input_gate: Tensor | None = None) -> Guidance:
-        """The scaled classifier score; ``input_gate`` (B, 1, H, W) replaces the per-step gate."""
+    def _guidance(self, x0: Tensor) -> Guidance:
+        """The scaled classifier score for decoding the clean input ``x0`` (B, 2, H, W)."""
         assert self.classifier is not None
         classifier = self.classifier.model
         scale, target = self.config.scale, self.config.guidance
+        input_gate = self._input_gate(x0) if target == "gated-input" else None
 
         def grad_log_healthy(x: Tensor, t: int) -> Tensor:
             with torch.enable_grad():

@@ -450,7 +450,9 @@ def test_gated_guidance_is_the_slice_gradient_weighted_by_a_power_of_the_lesion_
     torch.manual_seed(3)
     x, t = torch.randn(2, 2, 32, 32), 120
     gradients = {
-        target: detector(tiny_prior, tiny_classifier, guidance=target, bf16=False)._guidance()(x, t)
+        target: detector(tiny_prior, tiny_classifier, guidance=target, bf16=False)._guidance(x)(
+            x, t
+        )
         for target in ("slice", "gated")
     }
     with torch.no_grad():
@@ -471,8 +473,8 @@ def test_input_gate_is_read_once_from_the_clean_input(
         evidence = tiny_classifier.model.evidence(x0, torch.zeros(2, dtype=torch.long))
     expected = lesion_probability_map(evidence, (32, 32)) ** GATE_POWER
     torch.testing.assert_close(input_gate, expected)
-    plain = detector(tiny_prior, tiny_classifier, guidance="slice", bf16=False)._guidance()(x, t)
-    torch.testing.assert_close(gated._guidance(input_gate)(x, t), plain * input_gate)
+    plain = detector(tiny_prior, tiny_classifier, guidance="slice", bf16=False)._guidance(x0)
+    torch.testing.assert_close(gated._guidance(x0)(x, t), plain(x, t) * input_gate)
 
 
 def test_tuning_scores_both_references_of_one_guided_run(
