@@ -419,21 +419,13 @@ def save_defaults(
             entry["validation_score_by_reference"] = {
                 name: round(value, 4) for name, value in result.best_by_reference.items()
             }
-        if len(result.best_by_guidance) > 1:
-            entry["validation_by_guidance"] = {
-                target: {
-                    "noise_level": config.noise_level,
-                    "scale": config.scale,
-                    "smoothing_px": config.smoothing_px,
-                    "reference": config.reference,
-                    "validation_score": round(value, 4),
-                }
-                for target, (value, config) in result.best_by_guidance.items()
-            }
         if name != "zscore" and prior is not None:
             entry["prior_sha256"] = prior.sha256
         if name == "guided" and classifier is not None:
             entry["classifier_sha256"] = classifier.sha256
+        by_guidance = _by_guidance(result, methods.get(name, {}), entry)
+        if len(by_guidance) > 1:
+            entry["validation_by_guidance"] = by_guidance
         methods[name] = entry
     payload: dict[str, Any] = {
         "chosen_on": "validation split with training-family lesions, acquired at SNR "
@@ -446,6 +438,29 @@ def save_defaults(
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(json.dumps(payload, indent=2) + "\n")
     temporary.replace(path)
+
+
+def _by_guidance(
+    result: TuningResult, previous: dict[str, Any], entry: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each guidance target's best knobs: this run's, plus the targets an earlier tuning of the
+    same prior and classifier searched and this run did not (so ``guided:TARGET`` keeps its own
+    validation knobs when only some targets are tuned again)."""
+    same_models = all(
+        previous.get(key) == entry.get(key) for key in ("prior_sha256", "classifier_sha256")
+    )
+    kept = previous.get("validation_by_guidance", {}) if same_models else {}
+    searched = {
+        target: {
+            "noise_level": config.noise_level,
+            "scale": config.scale,
+            "smoothing_px": config.smoothing_px,
+            "reference": config.reference,
+            "validation_score": round(value, 4),
+        }
+        for target, (value, config) in result.best_by_guidance.items()
+    }
+    return {**{t: v for t, v in kept.items() if t not in searched}, **searched}
 
 
 class BenchRow(NamedTuple):

@@ -402,6 +402,15 @@ def test_each_guidance_target_keeps_its_own_validation_knobs(tmp_path: Path) -> 
     assert default_config("guided", path=path) == slice_best
     assert default_config("guided", path=path, guidance="slice") == slice_best
     assert default_config("guided", path=path, guidance="location") == location_best
+    # Tuning one target again keeps the other targets' knobs (same models).
+    gated_best = AnomalyConfig(noise_level=250, scale=100.0, guidance="gated-input")
+    again = TuningResult(
+        gated_best, 0.9, 0.5, 2, best_by_guidance={"gated-input": (1.40, gated_best)}
+    )
+    save_defaults({"guided": again}, None, None, path, {"guidance": ["gated-input"]})
+    assert default_config("guided", path=path) == gated_best
+    assert default_config("guided", path=path, guidance="location") == location_best
+    assert default_config("guided", path=path, guidance="slice") == slice_best
 
 
 def test_unguided_reference_leaves_only_what_guidance_changed(
