@@ -47,6 +47,7 @@ from services.recon.anomaly import (
 )
 from services.recon.classifier import LoadedClassifier
 from services.recon.data.lesions import (
+    FAMILIES,
     HELD_OUT_FAMILY,
     SIZE_BINS,
     TRAINING_FAMILY,
@@ -83,11 +84,22 @@ class Case(NamedTuple):
     size: str
 
 
-def build_cases(split: str, max_slices: int | None = None) -> list[Case]:
-    """Cases of ``split`` (deterministic); slices with too little brain are left out."""
+def build_cases(
+    split: str, max_slices: int | None = None, lesion_family: str | None = None
+) -> list[Case]:
+    """Cases of ``split`` (deterministic); slices with too little brain are left out.
+
+    Lesions come from the split's own family unless ``lesion_family`` names another one
+    (validation templates with held-out-family lesions separate the unseen lesions from the
+    unseen scans; nothing is chosen from such a run).
+    """
     if split not in FAMILY:
         raise InputError(f"unknown split {split!r}; use validation or evaluation")
-    family: LesionFamily = FAMILY[split]
+    if lesion_family is not None and lesion_family not in FAMILIES:
+        raise InputError(
+            f"unknown lesion family {lesion_family!r}; use one of {', '.join(FAMILIES)}"
+        )
+    family: LesionFamily = FAMILIES[lesion_family] if lesion_family else FAMILY[split]
     cases: list[Case] = []
     for index, item in enumerate(load_split(split)):  # type: ignore[arg-type]
         image = np.asarray(item.image, dtype=np.float32)

@@ -426,7 +426,7 @@ def bench_anomaly_command(
             "guided:slice, guided:location or guided:gated its guidance target"
         ),
     ] = "guided,unguided,zscore",
-    max_slices: Annotated[int | None, typer.Option(help="evaluation slices (default all)")] = None,
+    max_slices: Annotated[int | None, typer.Option(help="slices (default all)")] = None,
     recon_slices: Annotated[
         int, typer.Option(help="slices also mapped from 4x diffusion reconstructions")
     ] = 8,
@@ -435,13 +435,27 @@ def bench_anomaly_command(
     batch: Annotated[int, typer.Option(help="slices per batch")] = 8,
     json_out: JsonOption = None,
     by_source: Annotated[bool, typer.Option(help="also a row per source volume")] = False,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="evaluation (the benchmark) or validation (templates, where the defaults "
+            "were chosen: a reference, never a result)"
+        ),
+    ] = "evaluation",
+    lesion_family: Annotated[
+        str | None,
+        typer.Option(help="training or held-out (default: the split's own family)"),
+    ] = None,
 ) -> None:
-    """Anomaly maps on the EVALUATION split with held-out-family lesions and lesion-free slices."""
+    """Anomaly maps on the EVALUATION split with held-out-family lesions and lesion-free slices.
+
+    ``--split validation`` maps the templates the defaults were chosen on, for reference only.
+    """
     from services.bench import anomaly as bench
 
     prepare_json_target(json_out)
     chosen_methods = [m.strip() for m in methods.split(",") if m.strip()]
-    cases = bench.build_cases("evaluation", max_slices)
+    cases = bench.build_cases(split, max_slices, lesion_family)
     detectors = {m: _bench_detector(m, weights, classifier) for m in chosen_methods}
     recon = None
     if recon_slices > 0:
@@ -456,7 +470,8 @@ def bench_anomaly_command(
     rows = bench.bench_anomaly(detectors, cases, recon, recon_slices, batch, by_source=by_source)
     for method, detector in detectors.items():
         typer.echo(f"{method}: {detector.attributes()}")
-    print_rows(rows, "mrdiff bench anomaly (evaluation split, held-out lesion family)")
+    family = lesion_family or bench.FAMILY[split].name
+    print_rows(rows, f"mrdiff bench anomaly ({split} split, {family} lesion family)")
     write_json_rows(json_out, (row._asdict() for row in rows))
 
 

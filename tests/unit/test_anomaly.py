@@ -598,6 +598,34 @@ def test_validation_cases_are_acquired_and_evaluation_scans_are_not() -> None:
     np.testing.assert_array_equal(evaluation.healthy_image, evaluation.reference.image)
 
 
+def test_bench_cases_take_another_lesion_family_on_request() -> None:
+    from services.bench.anomaly import build_cases
+
+    own = build_cases("validation", max_slices=1)[0]
+    held_out = build_cases("validation", max_slices=1, lesion_family="held-out")[0]
+    np.testing.assert_array_equal(own.reference.image, held_out.reference.image)
+    assert held_out.lesion_mask.any()
+    assert not np.array_equal(own.lesion_image, held_out.lesion_image)
+    with pytest.raises(InputError, match="unknown lesion family 'rare'"):
+        build_cases("validation", max_slices=1, lesion_family="rare")
+
+
+def test_bench_anomaly_refuses_an_unknown_split_or_family_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from services.cli import main
+
+    for option, expected in (
+        (["--split", "training"], "unknown split 'training'"),
+        (["--lesion-family", "rare"], "unknown lesion family 'rare'"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["bench", "anomaly", "--methods", "zscore", "--recon-slices", "0", *option])
+        message = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(message.splitlines()) == 1
+        assert expected in message
+
+
 def test_bench_subsets_name_all_real_scans_and_each_source() -> None:
     from services.bench.anomaly import Case, subsets
     from services.recon.data.splits import EvalSlice
