@@ -81,12 +81,13 @@ def train_classifier_flow(
     init_from: str | None = None,
     export_to: str | None = None,
     appearance: float = 0.0,
+    tissue_blobs: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Train the classifier to ``steps`` total steps, one task per chunk; optionally export.
 
-    ``dense_weight``, ``pixel_mm``, ``geometry``, ``appearance`` and ``init_from`` (exported
-    classifier weights a new run starts from; later chunks resume the checkpoints, which record
-    their sha256) are those of ``mrdiff train classifier``.
+    ``dense_weight``, ``pixel_mm``, ``geometry``, ``appearance``, ``tissue_blobs`` and
+    ``init_from`` (exported classifier weights a new run starts from; later chunks resume the
+    checkpoints, which record their sha256) are those of ``mrdiff train classifier``.
     """
     settings: dict[str, Any] = {
         "batch": batch,
@@ -100,6 +101,7 @@ def train_classifier_flow(
         "selection": BankSelection.from_options(pixel_mm, geometry),
         "init_from": init_from,
         "appearance": appearance,
+        "tissue_blobs": tissue_blobs,
     }
     summaries = [
         train_classifier_chunk(bank_dir, run_dir, target, settings)

@@ -179,6 +179,10 @@ def train_classifier_command(
         float,
         typer.Option(help="fraction of pairs given a random scanner appearance (blur, noise...)"),
     ] = 0.0,
+    tissue_blobs: Annotated[
+        float,
+        typer.Option(help="fraction of pairs given healthy look-alike blobs (brain intensities)"),
+    ] = 0.0,
 ) -> None:
     """Train the noise-aware healthy-vs-lesion classifier, resuming the run if it exists.
 
@@ -213,6 +217,7 @@ def train_classifier_command(
             selection=BankSelection.from_options(pixel_mm, geometry),
             init_from=init_from,
             appearance=appearance,
+            tissue_blobs=tissue_blobs,
         )
     speed = f", {result.seconds_per_step:.2f} s/step" if result.seconds_per_step else ""
     typer.echo(f"run {run} at step {result.step}/{steps}{speed}; checkpoint {result.checkpoint}")

@@ -173,6 +173,8 @@ INPUT_CONVENTION = "zero-phase-magnitude-p99"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "classifier.pt"
 APPEARANCE_KEY = "appearance_probability"
 """Checkpoint and weights key: how often a training pair got a random scanner appearance."""
+TISSUE_BLOBS_KEY = "tissue_blobs_probability"
+"""Checkpoint and weights key: how often a training pair got healthy look-alike blobs."""
 
 
 @dataclass(frozen=True)
@@ -233,12 +235,14 @@ def load_classifier(
 
 
 def recorded_training(payload: dict[str, Any]) -> str:
-    """Slice selection, evidence-map loss weight and appearance randomisation recorded in
+    """Slice selection, evidence-map loss weight and the randomisations recorded in
     classifier weights."""
     selection = payload.get("training_data") or "not recorded (every slice, dihedral)"
     dense = payload.get("dense_weight", "not recorded (1.0)")
     appearance = payload.get(APPEARANCE_KEY, 0.0)
+    blobs = payload.get(TISSUE_BLOBS_KEY, 0.0)
     return (
         f"slices {selection}, evidence-map loss weight {dense}, "
-        f"random scanner appearance on {appearance:.0%} of pairs"
+        f"random scanner appearance on {appearance:.0%} of pairs, "
+        f"healthy look-alike blobs on {blobs:.0%}"
     )

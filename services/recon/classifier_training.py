@@ -30,6 +30,7 @@ from services.recon.classifier import (
     APPEARANCE_KEY,
     DEFAULT_WEIGHTS,
     INPUT_CONVENTION,
+    TISSUE_BLOBS_KEY,
     WEIGHTS_FORMAT,
     WEIGHTS_FORMAT_VERSION,
     ClassifierConfig,
@@ -41,6 +42,7 @@ from services.recon.classifier import (
 )
 from services.recon.data.appearance import randomise_appearance
 from services.recon.data.lesions import TRAINING_FAMILY, LesionFamily, insert_lesion
+from services.recon.data.tissue_blobs import paint_tissue_blobs
 from services.recon.diffusion import DiffusionSchedule
 from services.recon.errors import InputError, check_probability
 from services.recon.init_weights import INIT_KEY, check_resumed_init, init_record, start_from
@@ -110,8 +112,10 @@ class LesionPairs(Dataset[LabelledPair]):
     Indexed by ``(slice_index, lesion_seed)``. Both images are cut to the same ``crop`` window
     around the lesion (``None``: whole slice), after scaling by the whole slice's 99th
     percentile. A slice with too little brain for a lesion gives two healthy images labelled 0,
-    so labels are always true. With probability ``appearance`` a pair gets one random scanner
-    appearance (:func:`services.recon.data.appearance.randomise_appearance`, both images alike).
+    so labels are always true. With probability ``tissue_blobs`` a pair gets healthy look-alike
+    blobs (:func:`services.recon.data.tissue_blobs.paint_tissue_blobs`, clear of the lesion),
+    then with probability ``appearance`` one random scanner appearance
+    (:func:`services.recon.data.appearance.randomise_appearance`); both images alike.
     """
 
     def __init__(
@@ -120,12 +124,15 @@ class LesionPairs(Dataset[LabelledPair]):
         family: LesionFamily = TRAINING_FAMILY,
         crop: int | None = DEFAULT_CROP,
         appearance: float = 0.0,
+        tissue_blobs: float = 0.0,
     ) -> None:
         check_probability("appearance probability", appearance)
+        check_probability("tissue-blobs probability", tissue_blobs)
         self.healthy = healthy
         self.family = family
         self.crop = crop
         self.appearance = appearance
+        self.tissue_blobs = tissue_blobs
 
     def __len__(self) -> int:
         return len(self.healthy)  # type: ignore[arg-type]
@@ -145,6 +152,9 @@ class LesionPairs(Dataset[LabelledPair]):
             changed, label = magnitude, 0
             center = (rng.uniform(0, shape[0]), rng.uniform(0, shape[1]))
         magnitudes = np.stack([magnitude, changed])
+        if self.tissue_blobs > 0 and rng.random() < self.tissue_blobs:
+            blob_rng = np.random.default_rng([lesion_seed, 11])
+            magnitudes = paint_tissue_blobs(magnitudes, masks[1], blob_rng)
         if self.appearance > 0 and rng.random() < self.appearance:
             magnitudes = randomise_appearance(magnitudes, rng)
         pair = torch.from_numpy(magnitudes.astype(np.float32))
@@ -299,6 +309,7 @@ def iter_train_classifier(
     training_data: dict[str, Any] | None = None,
     init_from: str | Path | None = None,
     appearance: float = 0.0,
+    tissue_blobs: float = 0.0,
 ) -> Iterator[StepLog]:
     """Train until ``settings.steps`` total steps, yielding a :class:`StepLog` per step.
 
@@ -312,8 +323,8 @@ def iter_train_classifier(
     :meth:`BankSelection.to_dict`), which may change on resume too. ``init_from`` starts a new
     run from exported classifier weights (their architecture, a fresh optimiser, step 0; see
     :mod:`services.recon.init_weights`), e.g. to fine-tune the shipped classifier on a new bank.
-    ``appearance`` is :class:`LesionPairs`' probability of a random scanner appearance (recorded;
-    it may change on resume).
+    ``appearance`` and ``tissue_blobs`` are :class:`LesionPairs`' probabilities of a random
+    scanner appearance and of healthy look-alike blobs (recorded; they may change on resume).
     """
     run = start_run(run_dir, settings, resume, threads, device, read_classifier_checkpoint)
     init = load_classifier(init_from, device="cpu") if init_from is not None else None
@@ -332,7 +343,7 @@ def iter_train_classifier(
         state.load(run.payload, settings.lr)
     elif init is not None:
         start_from(init, state.model, state.ema_model)
-    pairs = LesionPairs(healthy, crop=crop, appearance=appearance)
+    pairs = LesionPairs(healthy, crop=crop, appearance=appearance, tissue_blobs=tissue_blobs)
     if len(pairs) == 0:
         raise InputError("training set is empty")
 
@@ -370,6 +381,7 @@ def iter_train_classifier(
         **state.checkpoint_extra(schedule),
         "dense_weight": dense_weight,
         APPEARANCE_KEY: appearance,
+        TISSUE_BLOBS_KEY: tissue_blobs,
     }
     if training_data is not None:
         extra[TRAINING_DATA_KEY] = training_data
@@ -411,6 +423,7 @@ def train_classifier(
     selection: BankSelection | None = None,
     init_from: str | Path | None = None,
     appearance: float = 0.0,
+    tissue_blobs: float = 0.0,
 ) -> TrainResult:
     """Train (or continue) the classifier in ``run_dir`` up to ``steps`` total steps.
 
@@ -419,8 +432,9 @@ def train_classifier(
     (``None``: whole slices; the network is fully convolutional and maps whole slices later).
     ``dense_weight`` weighs the evidence-map loss against the slice loss; ``selection`` picks
     and augments the bank's slices as for the prior; ``init_from`` starts a new run from
-    exported classifier weights; ``appearance`` is how often a pair gets a random scanner
-    appearance. Defaults to one torch thread: the prior trains on the same cores.
+    exported classifier weights; ``appearance`` and ``tissue_blobs`` are how often a pair gets a
+    random scanner appearance and healthy look-alike blobs. Defaults to one torch thread: the
+    prior trains on the same cores.
     """
     dataset, training_data = training_slices(bank, selection)
     settings = TrainSettings(
@@ -447,6 +461,7 @@ def train_classifier(
         training_data,
         init_from,
         appearance,
+        tissue_blobs,
     )
     return drain_run(entries, run_dir, read_classifier_checkpoint, on_step)
 
@@ -469,7 +484,7 @@ def export_classifier(
         "lesion_family": TRAINING_FAMILY.name,
         "research_use_only": RESEARCH_USE_ONLY,
     }
-    for key in ("dense_weight", TRAINING_DATA_KEY, INIT_KEY, APPEARANCE_KEY):
+    for key in ("dense_weight", TRAINING_DATA_KEY, INIT_KEY, APPEARANCE_KEY, TISSUE_BLOBS_KEY):
         if key in payload:
             weights[key] = payload[key]
     return write_weights(weights, out_path)

@@ -354,6 +354,24 @@ def test_flow_trains_in_chunks_with_the_cli_options_and_exports(
     assert read_classifier_checkpoint(latest_checkpoint(run))["dense_weight"] == 0.1  # type: ignore[arg-type]
 
 
+def test_tissue_blobs_change_both_images_alike_keep_labels_and_are_recorded(
+    tmp_path: Path,
+) -> None:
+    bank = PhantomBank(size=128)
+    plain = LesionPairs(bank, crop=None)[(0, 11)]
+    blobs = LesionPairs(bank, crop=None, tissue_blobs=1.0)[(0, 11)]
+    assert not torch.equal(blobs.images, plain.images)
+    assert torch.equal(blobs.masks, plain.masks) and blobs.labels.tolist() == [0, 1]
+    never = LesionPairs(bank, crop=None, tissue_blobs=0.0)[(0, 11)]
+    torch.testing.assert_close(never.images, plain.images)
+    with pytest.raises(InputError, match="tissue-blobs probability"):
+        LesionPairs(bank, tissue_blobs=-0.1)
+    run = tmp_path / "run"
+    train_classifier(PhantomBank(), run, steps=1, batch=2, config=TINY, crop=None, tissue_blobs=0.5)
+    exported = export_classifier(run, tmp_path / "c.pt")
+    assert "healthy look-alike blobs on 50%" in load_classifier(exported.path).training
+
+
 def test_random_appearance_changes_both_images_of_a_pair_alike_and_is_recorded(
     tmp_path: Path,
 ) -> None:

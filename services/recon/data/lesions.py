@@ -333,6 +333,37 @@ def _without_islands(weight: np.ndarray, base_radius: np.ndarray, reach_px: floa
     return weight * near
 
 
+class CoreWeight(NamedTuple):
+    """Blending weight of a lesion's core inside its window, and what the ring is built from."""
+
+    window: Window
+    weight: np.ndarray
+    level: np.ndarray
+    base_radius: np.ndarray
+    brain_weight: np.ndarray
+
+
+def _core_weight(params: LesionParams, brain: np.ndarray, rng: np.random.Generator) -> CoreWeight:
+    """The core's soft weight (1 inside the irregular outline, cut softly to ``brain``)."""
+    window = lesion_window(params, (int(brain.shape[0]), int(brain.shape[1])))
+    top, bottom, left, right = window
+    local_brain = brain[top:bottom, left:right]
+    radius_px = math.sqrt(params.area_px / math.pi)
+    level, base_radius = _outline_radius(params, rng, window)
+    brain_weight = ndimage.gaussian_filter(local_brain.astype(np.float64), 0.7)
+    brain_weight = np.where(
+        local_brain, np.maximum(brain_weight, 0.5), np.minimum(brain_weight, 0.49)
+    )
+    weight = _soft_inside(level, radius_px, params.edge_px)
+    weight = _without_islands(weight, base_radius, 2 * params.edge_px + 1) * brain_weight
+    return CoreWeight(window, weight, level, base_radius, brain_weight)
+
+
+def core_weight(params: LesionParams, brain: np.ndarray) -> CoreWeight:
+    """:func:`render_lesion`'s core weight alone, for shapes painted with another intensity."""
+    return _core_weight(params, brain, np.random.default_rng(params.detail_seed))
+
+
 def render_lesion(
     magnitude: np.ndarray, brain: np.ndarray, params: LesionParams
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -344,19 +375,12 @@ def render_lesion(
     (:func:`lesion_window`) is computed and changed.
     """
     rng = np.random.default_rng(params.detail_seed)
-    window = lesion_window(params, (int(magnitude.shape[0]), int(magnitude.shape[1])))
-    top, bottom, left, right = window
+    core = _core_weight(params, brain, rng)
+    top, bottom, left, right = core.window
     local = magnitude[top:bottom, left:right]
-    local_brain = brain[top:bottom, left:right]
     shape = (bottom - top, right - left)
     radius_px = math.sqrt(params.area_px / math.pi)
-    level, base_radius = _outline_radius(params, rng, window)
-    brain_weight = ndimage.gaussian_filter(local_brain.astype(np.float64), 0.7)
-    brain_weight = np.where(
-        local_brain, np.maximum(brain_weight, 0.5), np.minimum(brain_weight, 0.49)
-    )
-    core = _soft_inside(level, radius_px, params.edge_px)
-    core = _without_islands(core, base_radius, 2 * params.edge_px + 1) * brain_weight
+    level, base_radius, brain_weight = core.level, core.base_radius, core.brain_weight
 
     median = float(np.median(magnitude[brain]))
     texture = 1.0 + params.texture_strength * np.clip(
@@ -368,7 +392,7 @@ def render_lesion(
         inner = _soft_inside(level / 0.55, radius_px * 0.55, params.edge_px)
         necrosis = (0.35 if params.hyperintense else 1.8) * median * texture
         lesion_level = (1 - inner) * lesion_level + inner * necrosis
-    changed_local = (1.0 - core) * local + core * np.maximum(lesion_level, 0.0)
+    changed_local = (1.0 - core.weight) * local + core.weight * np.maximum(lesion_level, 0.0)
 
     ring = np.zeros(shape)
     if params.oedema_width > 0:
@@ -377,13 +401,13 @@ def render_lesion(
         outer = _soft_inside(outer_level, outer_radius_px, 2 * params.edge_px)
         reach = radius_px * params.oedema_width + 4 * params.edge_px + 1
         outer = _without_islands(outer, base_radius, reach)
-        ring = np.clip(outer - core, 0.0, 1.0) * brain_weight
+        ring = np.clip(outer - core.weight, 0.0, 1.0) * brain_weight
         sign = 1.0 if params.hyperintense else -1.0
         changed_local = changed_local * (1.0 + sign * params.oedema_strength * ring)
     changed = np.array(magnitude, dtype=np.float64, copy=True)
     changed[top:bottom, left:right] = changed_local
     mask = np.zeros(magnitude.shape, dtype=bool)
-    mask[top:bottom, left:right] = (core >= 0.5) | (ring >= 0.5)
+    mask[top:bottom, left:right] = (core.weight >= 0.5) | (ring >= 0.5)
     return changed, mask
 
 
